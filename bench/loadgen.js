@@ -1,0 +1,417 @@
+'use strict';
+// Load generator: N WebSocket readers (plain WS or raw Engine.IO v4 / Socket.IO v5 over
+// websocket, no socket.io-client) plus an HTTP publisher. Prints ONE JSON object on stdout.
+//
+//   node loadgen.js --proto ws|sio --ports 3001[,3002] --pub-port 3001 --pids PID[,PID]
+//                   --workloads latency,throughput,ingest | memory   [options, see DEFAULTS]
+//
+// Hot path is kept light: an event frame is not JSON-parsed; "seq" and "ts" are located in
+// the raw Buffer (the publisher puts them first in `data`). One frame in SAMPLE_EVERY is
+// fully parsed to check the frame format (type, data.seq, id string).
+const http = require('http');
+const fs = require('fs');
+const { performance } = require('perf_hooks');
+const WebSocket = require('ws');
+
+const DEFAULTS = {
+  proto: 'ws', ports: '3000', 'pub-port': '', pids: '', 'redis-pid': '', 'clk-tck': '100',
+  workloads: 'latency,throughput,ingest', key: 'benchkey',
+  clients: '1000', 'connect-parallel': '200', 'connect-timeout': '20',
+  'mem-clients': '1000,10000', 'mem-settle': '2',
+  duration: '10', rate: '5', warmup: '1', batch: '25', window: '100', 'drain-timeout': '10',
+  'ingest-duration': '5', 'ingest-concurrency': '4', 'ingest-batch': '100', watchers: '10',
+  'frame-bytes': '300',
+};
+const opt = { ...DEFAULTS };
+for (let i = 2; i < process.argv.length; i++) {
+  const a = process.argv[i];
+  if (!a.startsWith('--') || !(a.slice(2) in DEFAULTS)) throw new Error(`unknown option ${a}`);
+  opt[a.slice(2)] = process.argv[++i];
+}
+const num = (k) => Number(opt[k]);
+const list = (k) => String(opt[k]).split(',').filter(Boolean);
+const PROTO = opt.proto;
+const PORTS = list('ports').map(Number);
+const PUB_PORT = Number(opt['pub-port'] || PORTS[0]);
+const PIDS = list('pids').map(Number);
+const REDIS_PID = Number(opt['redis-pid']) || 0;
+const CLK_TCK = num('clk-tck');
+const SAMPLE_EVERY = 257;
+
+const now = () => performance.timeOrigin + performance.now(); // ms epoch, float
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const log = (...a) => console.error('[loadgen]', ...a);
+
+// ---------------------------------------------------------------- /proc readers
+function cpuMicros(pid) { // utime+stime of a process (all threads), in µs
+  try {
+    const s = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const f = s.slice(s.lastIndexOf(')') + 2).split(' ');
+    return ((Number(f[11]) + Number(f[12])) * 1e6) / CLK_TCK;
+  } catch { return NaN; }
+}
+function statusKb(pid, field) { // VmRSS / VmHWM in kB
+  try {
+    const m = fs.readFileSync(`/proc/${pid}/status`, 'utf8').match(new RegExp(`^${field}:\\s+(\\d+)`, 'm'));
+    return m ? Number(m[1]) : NaN;
+  } catch { return NaN; }
+}
+const sum = (xs) => xs.reduce((a, b) => a + b, 0);
+function snapshot() {
+  const self = process.cpuUsage();
+  return {
+    t: now(),
+    server: sum(PIDS.map(cpuMicros)),
+    redis: REDIS_PID ? cpuMicros(REDIS_PID) : NaN,
+    self: self.user + self.system,
+    deliveries: stats.deliveries,
+  };
+}
+const serverRssKb = () => sum(PIDS.map((p) => statusKb(p, 'VmRSS')));
+const serverHwmKb = () => sum(PIDS.map((p) => statusKb(p, 'VmHWM')));
+
+// ---------------------------------------------------------------- latency histogram (1% buckets)
+class Hist {
+  constructor() { this.b = new Uint32Array(2400); this.n = 0; this.max = 0; this.sum = 0; }
+  add(ms) {
+    const us = ms * 1000 > 1 ? ms * 1000 : 1;
+    const i = Math.min(2399, Math.ceil(Math.log(us) / 0.00995033)); // log(1.01)
+    this.b[i]++; this.n++; this.sum += ms; if (ms > this.max) this.max = ms;
+  }
+  q(p) {
+    if (!this.n) return null;
+    let want = Math.ceil(this.n * p), acc = 0;
+    for (let i = 0; i < this.b.length; i++) { acc += this.b[i]; if (acc >= want) return Math.exp(i * 0.00995033) / 1000; }
+    return this.max;
+  }
+  summary() {
+    const r = (x) => (x == null ? null : Math.round(x * 1000) / 1000);
+    return { samples: this.n, p50_ms: r(this.q(0.5)), p99_ms: r(this.q(0.99)), max_ms: r(this.max), mean_ms: r(this.n ? this.sum / this.n : null) };
+  }
+}
+
+// ---------------------------------------------------------------- per-client sequence tracking
+const stats = { deliveries: 0, strays: 0, formatErrors: 0, sampled: 0, drops: 0, closeCodes: {} };
+let track = { base: 0, hist: new Hist() }; // seq >= base belongs to the current workload
+const SEQ = Buffer.from('"seq":');
+const TS = Buffer.from('"ts":');
+
+function readNumber(buf, pos) {
+  let end = pos;
+  while (end < buf.length) {
+    const c = buf[end];
+    if ((c >= 48 && c <= 57) || c === 46 || c === 45 || c === 43 || c === 101 || c === 69) end++; else break;
+  }
+  return Number(buf.toString('latin1', pos, end));
+}
+
+class Client {
+  constructor(index, port, stores) {
+    this.index = index; this.port = port; this.stores = stores;
+    this.ready = false; this.ws = null; this.reset();
+  }
+  reset() { this.seen = new Uint8Array(256); this.maxRel = -1; this.distinct = 0; this.dup = 0; this.reorder = 0; }
+
+  connect(timeoutMs) {
+    const uid = `u${this.index}`;
+    let url;
+    if (PROTO === 'ws') {
+      const st = this.stores.length ? `&stores=${this.stores.join(',')}` : '';
+      url = `ws://127.0.0.1:${this.port}/api/ws?userId=${uid}&role=customer${st}`;
+    } else {
+      url = `ws://127.0.0.1:${this.port}/socket.io/?EIO=4&transport=websocket`;
+    }
+    return new Promise((resolve, reject) => {
+      const ws = new WebSocket(url, { perMessageDeflate: false, skipUTF8Validation: true });
+      this.ws = ws;
+      const timer = setTimeout(() => { ws.terminate(); reject(new Error('connect timeout')); }, timeoutMs);
+      const fail = (e) => { clearTimeout(timer); if (!this.ready) reject(e); };
+      ws.on('error', fail);
+      ws.on('close', (code) => {
+        if (this.ready) { stats.drops++; stats.closeCodes[code] = (stats.closeCodes[code] || 0) + 1; this.ready = false; }
+        fail(new Error(`closed ${code}`));
+      });
+      ws.on('message', (buf) => {
+        if (this.ready) return this.onFrame(buf);
+        const s = buf.toString();
+        if (PROTO === 'ws') {
+          let type = null;
+          try { type = JSON.parse(s).type; } catch { /* not JSON */ }
+          if (type === 'connected') this.ready = true;
+        } else if (s[0] === '0') {
+          const auth = { userId: uid, role: 'customer' };
+          if (this.stores.length) auth.stores = this.stores;
+          ws.send(`40${JSON.stringify(auth)}`);
+        } else if (s.startsWith('40')) this.ready = true;
+        else if (s.startsWith('44')) return fail(new Error(`connect_error ${s}`));
+        else if (s === '2') ws.send('3');
+        if (this.ready) { clearTimeout(timer); resolve(this); }
+      });
+    });
+  }
+
+  onFrame(buf) {
+    if (PROTO === 'sio') {
+      if (buf[0] === 50 && buf.length === 1) { this.ws.send('3'); return; } // engine.io ping
+      if (buf[0] !== 52 || buf[1] !== 50) return; // not 42[...] (event)
+    }
+    const i = buf.indexOf(SEQ);
+    if (i < 0) return; // connected / pong / other control frames
+    const seq = readNumber(buf, i + SEQ.length);
+    const j = buf.indexOf(TS, i);
+    const t = now();
+    stats.deliveries++;
+    if (j > 0) track.hist.add(t - readNumber(buf, j + TS.length));
+    if (stats.deliveries % SAMPLE_EVERY === 0) this.checkFormat(buf, seq);
+    const rel = seq - track.base;
+    if (rel < 0) { stats.strays++; return; }
+    if (rel >= this.seen.length) {
+      const n = new Uint8Array(Math.max(rel + 1, this.seen.length * 2));
+      n.set(this.seen); this.seen = n;
+    }
+    if (this.seen[rel]) { this.dup++; return; }
+    this.seen[rel] = 1; this.distinct++;
+    if (rel < this.maxRel) this.reorder++; else this.maxRel = rel;
+  }
+
+  checkFormat(buf, seq) {
+    stats.sampled++;
+    try {
+      const s = buf.toString();
+      let type, data, id;
+      if (PROTO === 'sio') [type, data, id] = JSON.parse(s.slice(2));
+      else ({ type, data, id } = JSON.parse(s));
+      if (typeof type !== 'string' || !data || data.seq !== seq || typeof id !== 'string' || !id) throw new Error('shape');
+    } catch { stats.formatErrors++; }
+  }
+}
+
+async function connectMany(clients, parallel, timeoutMs) {
+  const t0 = now();
+  let next = 0, failed = 0;
+  const errors = {};
+  const worker = async () => {
+    while (next < clients.length) {
+      const c = clients[next++];
+      try { await c.connect(timeoutMs); } catch (e) { failed++; errors[e.message] = (errors[e.message] || 0) + 1; }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(parallel, clients.length) }, worker));
+  return { ok: clients.length - failed, failed, seconds: Math.round((now() - t0) / 10) / 100, errors };
+}
+
+// ---------------------------------------------------------------- publisher
+const agent = new http.Agent({ keepAlive: true, maxSockets: 16 });
+function post(obj) {
+  const body = Buffer.from(JSON.stringify(obj));
+  const t0 = now();
+  return new Promise((resolve) => {
+    const req = http.request({
+      host: '127.0.0.1', port: PUB_PORT, method: 'POST', path: '/api/v1/events', agent, timeout: 10000,
+      headers: { Authorization: `Bearer ${opt.key}`, 'Content-Type': 'application/json', 'Content-Length': body.length },
+    }, (res) => {
+      const chunks = [];
+      res.on('data', (c) => chunks.push(c));
+      res.on('end', () => resolve({ status: res.statusCode, ms: now() - t0, body: Buffer.concat(chunks).toString() }));
+    });
+    req.on('timeout', () => req.destroy(new Error('timeout')));
+    req.on('error', (e) => resolve({ status: 0, ms: now() - t0, body: e.message }));
+    req.end(body);
+  });
+}
+
+let seqCounter = 0;
+let padding = '';
+function storeEvent() { // ~frame-bytes on the wire, seq/ts first in data
+  return { type: 'store_updated', data: { seq: ++seqCounter, ts: now(), storeId: 's1', store: { id: 's1', name: 'Bench store', padding } } };
+}
+function calibratePadding() {
+  const probe = { type: 'store_updated', data: { seq: 100000, ts: now(), storeId: 's1', store: { id: 's1', name: 'Bench store', padding: '' } }, id: '1234567' };
+  padding = 'x'.repeat(Math.max(0, num('frame-bytes') - JSON.stringify(probe).length));
+}
+function ingestEvent() {
+  return { type: 'product_updated', data: { seq: ++seqCounter, ts: now(), storeId: 'ingest', product: { id: 'p1', price: 100 } } };
+}
+
+// ---------------------------------------------------------------- accounting helpers
+function startTracking(clients) {
+  track = { base: seqCounter + 1, hist: new Hist() };
+  for (const c of clients) c.reset();
+}
+function seqReport(clients, posted) {
+  let distinct = 0, dup = 0, reorder = 0;
+  for (const c of clients) { distinct += c.distinct; dup += c.dup; reorder += c.reorder; }
+  return { expected: posted * clients.length, received_distinct: distinct, lost: posted * clients.length - distinct, duplicated: dup, reordered: reorder };
+}
+async function drain(clients, posted) {
+  const want = posted * clients.length;
+  const deadline = now() + num('drain-timeout') * 1000;
+  let have = 0;
+  while (now() < deadline) {
+    have = 0; for (const c of clients) have += c.distinct;
+    if (have >= want) break;
+    await sleep(20);
+  }
+  return have >= want;
+}
+function windowFigures(a, b) {
+  const d = b.deliveries - a.deliveries, secs = (b.t - a.t) / 1000;
+  const r = (x, k = 100) => (Number.isFinite(x) ? Math.round(x * k) / k : null);
+  return {
+    seconds: r(secs), deliveries: d, deliveries_per_s: r(d / secs, 1),
+    server_cpu_us_per_delivery: d ? r((b.server - a.server) / d, 1000) : null,
+    server_cpu_pct: r(((b.server - a.server) / 1e4) / secs, 10),
+    redis_cpu_us_per_delivery: d && REDIS_PID ? r((b.redis - a.redis) / d, 1000) : null,
+    redis_cpu_pct: REDIS_PID ? r(((b.redis - a.redis) / 1e4) / secs, 10) : null,
+    loadgen_cpu_us_per_delivery: d ? r((b.self - a.self) / d, 1000) : null,
+    loadgen_cpu_pct: r(((b.self - a.self) / 1e4) / secs, 10),
+  };
+}
+const live = (clients) => clients.filter((c) => c.ready);
+
+// ---------------------------------------------------------------- workloads
+async function wlLatency(clients) {
+  const rate = num('rate'), total = Math.max(1, Math.round(rate * num('duration')));
+  startTracking(clients);
+  const a = snapshot();
+  let posted = 0, errors = 0;
+  const t0 = now();
+  for (let k = 0; k < total; k++) {
+    const wait = t0 + (k * 1000) / rate - now();
+    if (wait > 0) await sleep(wait);
+    const r = await post(storeEvent());
+    if (r.status === 202) posted++; else errors++;
+  }
+  const drained = await drain(clients, posted);
+  const b = snapshot();
+  return { events_posted: posted, post_errors: errors, drained, ...track.hist.summary(), ...windowFigures(a, b), ...seqReport(clients, posted) };
+}
+
+async function wlThroughput(clients) {
+  const batch = num('batch'), window = num('window');
+  startTracking(clients);
+  let posted = 0, errors = 0, posts = 0;
+  const tStart = now(), tMeasure = tStart + num('warmup') * 1000, tEnd = tMeasure + num('duration') * 1000;
+  let a = null, b = null;
+  const n = clients.length;
+  while (now() < tEnd) { // bounded by time
+    if (!a && now() >= tMeasure) a = snapshot();
+    const outstanding = posted - stats.deliveries / n + baseDeliveries / n;
+    if (outstanding + batch <= window) {
+      const events = Array.from({ length: batch }, storeEvent);
+      const r = await post({ events });
+      posts++;
+      if (r.status === 202) posted += batch; else { errors++; if (errors > 50) break; await sleep(50); }
+    } else await sleep(1);
+  }
+  if (!a) a = snapshot();
+  b = snapshot();
+  const hist = track.hist.summary(); // latency of deliveries during the run (queueing included)
+  const drained = await drain(clients, posted);
+  return { batch, window_events: window, posts, events_posted: posted, post_errors: errors, drained, ...hist, ...windowFigures(a, b), ...seqReport(clients, posted) };
+}
+let baseDeliveries = 0;
+
+async function wlIngest(clients, watchers) {
+  const dur = num('ingest-duration') * 1000, conc = num('ingest-concurrency'), bsize = num('ingest-batch');
+  startTracking(watchers);
+  const phase = async (mkBody, perReq) => {
+    const hist = new Hist();
+    let reqs = 0, events = 0, errors = 0;
+    const a = snapshot();
+    const tEnd = now() + dur;
+    const worker = async () => {
+      while (now() < tEnd) { // bounded by time
+        const r = await post(mkBody());
+        hist.add(r.ms);
+        if (r.status === 202) { reqs++; events += perReq; } else { errors++; if (errors > 100) return; await sleep(10); }
+      }
+    };
+    await Promise.all(Array.from({ length: conc }, worker));
+    const b = snapshot();
+    const secs = (b.t - a.t) / 1000;
+    const h = hist.summary();
+    return {
+      requests: reqs, events, errors, seconds: Math.round(secs * 100) / 100,
+      requests_per_s: Math.round(reqs / secs), events_per_s: Math.round(events / secs),
+      req_p50_ms: h.p50_ms, req_p99_ms: h.p99_ms,
+      server_cpu_us_per_event: events ? Math.round(((b.server - a.server) / events) * 100) / 100 : null,
+      server_cpu_pct: Math.round((b.server - a.server) / 1e4 / secs * 10) / 10,
+    };
+  };
+  const single = await phase(ingestEvent, 1);
+  const batched = await phase(() => ({ events: Array.from({ length: bsize }, ingestEvent) }), bsize);
+  const posted = single.events + batched.events;
+  const drained = await drain(watchers, posted);
+  const sr = seqReport(watchers, posted);
+  return { concurrency: conc, batch: bsize, watchers: watchers.length, single, batched, drained, lost: sr.lost, duplicated: sr.duplicated };
+}
+
+async function wlMemory(targets) {
+  const parallel = num('connect-parallel'), tmo = num('connect-timeout') * 1000;
+  const settle = async () => { // wait settle seconds, then until RSS stops moving (bounded)
+    await sleep(num('mem-settle') * 1000);
+    let prev = serverRssKb();
+    for (let k = 0; k < 10; k++) { await sleep(500); const cur = serverRssKb(); if (Math.abs(cur - prev) < prev * 0.005) return cur; prev = cur; }
+    return prev;
+  };
+  const base = await settle();
+  const out = { rss_idle_server_kb: base, steps: [] };
+  const clients = [];
+  for (const target of targets) {
+    const fresh = [];
+    for (let i = clients.length; i < target; i++) fresh.push(new Client(i, PORTS[i % PORTS.length], []));
+    clients.push(...fresh);
+    const conn = await connectMany(fresh, parallel, tmo);
+    const rss = await settle();
+    const n = live(clients).length;
+    out.steps.push({ target, connected: n, connect: conn, rss_kb: rss, rss_per_conn_kb: n ? Math.round(((rss - base) / n) * 100) / 100 : null });
+    log(`memory: ${n}/${target} connected, server RSS ${Math.round(rss / 1024)} MiB`);
+  }
+  out.hwm_kb = serverHwmKb();
+  out.loadgen_rss_kb = Math.round(process.memoryUsage().rss / 1024);
+  for (const c of clients) c.ws && c.ws.terminate();
+  return out;
+}
+
+// ---------------------------------------------------------------- main
+async function main() {
+  calibratePadding();
+  const workloads = list('workloads');
+  const result = { proto: PROTO, ports: PORTS, pub_port: PUB_PORT, pids: PIDS, started: new Date().toISOString() };
+  const hardStop = setTimeout(() => { log('hard time limit reached'); console.log(JSON.stringify({ ...result, error: 'time limit' })); process.exit(2); }, 15 * 60 * 1000);
+
+  if (workloads.includes('memory')) {
+    result.memory = await wlMemory(list('mem-clients').map(Number));
+  }
+  const loadWls = workloads.filter((w) => w !== 'memory');
+  if (loadWls.length) {
+    const n = num('clients'), nw = Math.min(num('watchers'), n);
+    const clients = Array.from({ length: n }, (_, i) => new Client(i, PORTS[i % PORTS.length], i < nw ? ['ingest'] : []));
+    result.connect = await connectMany(clients, num('connect-parallel'), num('connect-timeout') * 1000);
+    log(`connected ${result.connect.ok}/${n} in ${result.connect.seconds}s`);
+    const ok = live(clients);
+    if (!ok.length) throw new Error(`no client connected: ${JSON.stringify(result.connect.errors)}`);
+    await sleep(500);
+    for (const w of loadWls) {
+      const cs = live(clients);
+      baseDeliveries = stats.deliveries;
+      log(`${w}: ${cs.length} clients`);
+      if (w === 'latency') result.latency = await wlLatency(cs);
+      else if (w === 'throughput') result.throughput = await wlThroughput(cs);
+      else if (w === 'ingest') result.ingest = await wlIngest(cs, live(clients.slice(0, nw)));
+      else throw new Error(`unknown workload ${w}`);
+      log(`${w}: ${JSON.stringify(result[w])}`);
+      await sleep(300);
+    }
+    result.server_hwm_kb = serverHwmKb();
+    result.server_rss_kb = serverRssKb();
+    for (const c of clients) c.ws && c.ws.terminate();
+  }
+  result.frames = { ...stats };
+  result.loadgen_rss_kb = Math.round(process.memoryUsage().rss / 1024);
+  clearTimeout(hardStop);
+  console.log(JSON.stringify(result));
+  setTimeout(() => process.exit(0), 100);
+}
+main().catch((e) => { log(e.stack || e); console.log(JSON.stringify({ error: String(e.message || e) })); process.exit(1); });

@@ -1,0 +1,1 @@
+"""The domain: which events exist, what they carry, who receives them, what clients may view."""

@@ -1,0 +1,56 @@
+"""What a client may subscribe to, and the rooms every connection belongs to (contract §2)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+GLOBAL_ROOM = "global"
+_ID = re.compile(r"[A-Za-z0-9_.:@-]{1,128}")
+
+
+class SubscriptionError(ValueError):
+    """A store id or list a client asked for is not acceptable."""
+
+
+def valid_id(value: object) -> bool:
+    return isinstance(value, str) and _ID.fullmatch(value) is not None
+
+
+def user_room(user_id: str) -> str:
+    return f"user:{user_id}"
+
+
+def role_room(role: str) -> str:
+    return f"role:{role}"
+
+
+def store_room(store_id: str) -> str:
+    return f"store:{store_id}"
+
+
+def base_rooms(user_id: str, role: str) -> list[str]:
+    """The rooms a connection is put in at connect, before it receives anything."""
+    return [user_room(user_id), role_room(role), GLOBAL_ROOM]
+
+
+def store_rooms(store_ids: Iterable[object], limit: int) -> list[str]:
+    """Rooms for the stores a client views; any bad id refuses the whole request."""
+    rooms: list[str] = []
+    for store_id in store_ids:
+        if not valid_id(store_id):
+            raise SubscriptionError("storeId must be 1-128 letters, digits or _.:@-")
+        assert isinstance(store_id, str)
+        room = store_room(store_id)
+        if room not in rooms:
+            rooms.append(room)
+    if len(rooms) > limit:
+        raise SubscriptionError(f"at most {limit} stores may be viewed at once")
+    return rooms
+
+
+def parse_store_list(text: str | None) -> list[str]:
+    """``stores=s1,s2`` (query) → ``["s1", "s2"]``."""
+    if text is None:
+        return []
+    return [part.strip() for part in text.split(",")]

@@ -1,0 +1,259 @@
+"""The admin API (contract §6): services POST events; operators read stats and presence.
+
+Errors always have one shape: ``{"error": CODE, "message": "...", "details": {...}}``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+from marshmallow import ValidationError
+
+from handlers.catalogue import AudienceError, Catalogue
+from handlers.subscriptions import valid_id
+from server.backplane.base import BackplaneUnavailable
+from server.config import Settings
+from server.events import OutgoingEvent
+from server.node import Node
+from server.schemas import BatchSchema, EventSchema
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.details = status, code, message, details
+        self.headers: dict[str, str] = {}
+
+    def response(self) -> web.Response:
+        body: dict[str, Any] = {"error": self.code, "message": self.message}
+        if self.details is not None:
+            body["details"] = self.details
+        return json_response(body, status=self.status, headers=self.headers)
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json", headers=headers)
+
+
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error under /api/v1/ in the contract's JSON shape."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return exc.response()
+    except web.HTTPException as exc:
+        if not request.path.startswith("/api/v1/") or exc.status < 400:
+            raise
+        code = _HTTP_CODES.get(exc.status, "http_error")
+        return ApiError(exc.status, code, exc.reason).response()
+
+
+def _flatten(messages: Any, prefix: str = "") -> dict[str, list[str]]:
+    """marshmallow's nested errors → ``{"data.order": ["..."]}``."""
+    if isinstance(messages, dict):
+        flat: dict[str, list[str]] = {}
+        for key, value in messages.items():
+            path = prefix if key == "_schema" else f"{prefix}.{key}" if prefix else str(key)
+            flat.update(_flatten(value, path))
+        return flat
+    if isinstance(messages, list) and all(isinstance(m, str) for m in messages):
+        return {prefix or "body": list(messages)}
+    return {prefix or "body": [str(messages)]}
+
+
+class AdminApi:
+    def __init__(self, node: Node, catalogue: Catalogue, settings: Settings) -> None:
+        self.node = node
+        self.catalogue = catalogue
+        self.settings = settings
+        self.keys = [key.encode() for key in settings.admin.api_keys]
+        self.event_schema = EventSchema()
+        self.batch_schema = BatchSchema()
+        if not self.keys:
+            log.warning("admin API is open: no ADMIN_API_KEYS (AUTH_INSECURE=1)")
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_post("/api/v1/events", self.post_events)
+        app.router.add_get("/api/v1/stats", self.stats)
+        app.router.add_get("/api/v1/presence/users/{userId}", self.presence)
+        app.router.add_post("/api/v1/users/{userId}/disconnect", self.disconnect)
+
+    @web.middleware
+    async def auth_middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path.startswith("/api/v1/"):
+            self._check_key(request.headers.get("Authorization", ""))
+        return await handler(request)
+
+    def _check_key(self, header: str) -> None:
+        if not self.keys:
+            return
+        scheme, _, presented = header.partition(" ")
+        candidate = presented.strip().encode() if scheme.lower() == "bearer" else b""
+        # Compare with every key, in constant time, so timing tells nothing about which matched.
+        matched = False
+        for key in self.keys:
+            matched |= hmac.compare_digest(candidate, key)
+        if not matched:
+            error = ApiError(401, "unauthorized", "a valid 'Authorization: Bearer <API key>' is required")
+            error.headers["WWW-Authenticate"] = "Bearer"
+            raise error
+
+    # --- POST /api/v1/events -------------------------------------------------------------
+
+    async def post_events(self, request: web.Request) -> web.Response:
+        body = await self._read_json(request)
+        if isinstance(body, dict) and "events" in body:
+            try:
+                items = self.batch_schema.load(body)["events"]
+            except ValidationError as exc:
+                raise ApiError(422, "validation_failed", "the batch is malformed", {"fields": _flatten(exc.messages)}) from None
+            if not items or len(items) > self.settings.admin.max_batch:
+                raise ApiError(
+                    422,
+                    "validation_failed",
+                    f"a batch holds 1 to {self.settings.admin.max_batch} events",
+                    {"fields": {"events": [f"got {len(items)}"]}},
+                )
+        elif isinstance(body, dict):
+            items = [body]
+        else:
+            raise ApiError(422, "validation_failed", "the body must be an event object or {\"events\": [...]}")
+        header_key = request.headers.get("Idempotency-Key")
+        if header_key is not None and not 0 < len(header_key) <= 255:
+            raise ApiError(400, "bad_request", "Idempotency-Key must be 1-255 characters")
+        events = self._validate(items, header_key)
+        try:
+            ids = await self.node.publish(events)
+        except BackplaneUnavailable as exc:
+            error = ApiError(503, "unavailable", f"events cannot be accepted now, nothing was: {exc}")
+            error.headers["Retry-After"] = str(exc.retry_after)
+            raise error from None
+        return json_response({"accepted": len(ids), "ids": ids}, status=202)
+
+    async def _read_json(self, request: web.Request) -> Any:
+        if request.content_type != "application/json":
+            raise ApiError(415, "unsupported_media_type", "send the body as Content-Type: application/json")
+        limit = self.settings.admin.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise ApiError(413, "payload_too_large", f"the body is over {limit} bytes")
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise ApiError(413, "payload_too_large", f"the body is over {limit} bytes") from None
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise ApiError(400, "malformed_json", f"the body is not valid JSON: {exc}") from None
+
+    def _validate(self, items: list[Any], header_key: str | None) -> list[OutgoingEvent]:
+        """All or nothing: every event's errors are reported, by index and field."""
+        events: list[OutgoingEvent] = []
+        problems: list[dict[str, Any]] = []
+        for index, item in enumerate(items):
+            try:
+                events.append(self._validate_one(item, index, header_key, len(items)))
+            except ValidationError as exc:
+                problems.append({"index": index, "fields": _flatten(exc.messages)})
+        if problems:
+            first = problems[0]
+            field = next(iter(first["fields"]))
+            raise ApiError(
+                422,
+                "validation_failed",
+                f"event {first['index']}: {field}: {first['fields'][field][0]}",
+                {"events": problems},
+            )
+        return events
+
+    def _validate_one(self, item: Any, index: int, header_key: str | None, count: int) -> OutgoingEvent:
+        if not isinstance(item, dict):
+            raise ValidationError("each event must be an object")
+        envelope = self.event_schema.load(item)
+        event_type = self.catalogue.get(envelope["type"])
+        if event_type is None:
+            raise ValidationError({"type": [f"unknown event type {envelope['type']!r}"]})
+        data = item["data"]  # delivered exactly as sent; the schema only checks it
+        errors = event_type.schema.validate(data)
+        if errors:
+            raise ValidationError({"data": errors})
+        to = item.get("to")
+        if to is not None:
+            unknown_roles = [r for r in to.get("roles", ()) if r not in self.settings.auth.roles]
+            if unknown_roles:
+                raise ValidationError({"to": {"roles": [f"unknown role {unknown_roles[0]!r}"]}})
+        try:
+            rooms = event_type.audience(data, to)
+        except AudienceError as exc:
+            raise ValidationError({"to": [str(exc)]}) from None
+        key = envelope.get("idempotencyKey")
+        if key is None and header_key is not None:
+            key = header_key if count == 1 else f"{header_key}#{index}"
+        return OutgoingEvent(event_type.name, orjson.dumps(data), rooms, key)
+
+    # --- operators ------------------------------------------------------------------------
+
+    async def stats(self, request: web.Request) -> web.Response:
+        reports = await self._call(self.node.backplane.nodes())
+        by_transport: dict[str, int] = {}
+        for report in reports:
+            for transport, count in report.by_transport.items():
+                by_transport[transport] = by_transport.get(transport, 0) + count
+        return json_response(
+            {
+                "connections": sum(r.connections for r in reports),
+                "byTransport": by_transport,
+                "byNode": {r.node: r.connections for r in reports},
+                "events": {
+                    "accepted": sum(r.events_accepted for r in reports),
+                    "delivered": sum(r.events_delivered for r in reports),
+                },
+                "nodes": [
+                    {
+                        "node": r.node,
+                        "connections": r.connections,
+                        "byTransport": r.by_transport,
+                        "eventsAccepted": r.events_accepted,
+                        "eventsDelivered": r.events_delivered,
+                    }
+                    for r in reports
+                ],
+            }
+        )
+
+    async def presence(self, request: web.Request) -> web.Response:
+        user_id = self._user_id(request)
+        count = await self._call(self.node.backplane.presence(user_id))
+        return json_response({"userId": user_id, "online": count > 0, "connections": count})
+
+    async def disconnect(self, request: web.Request) -> web.Response:
+        user_id = self._user_id(request)
+        count = await self._call(self.node.disconnect_user(user_id))
+        return json_response({"disconnected": count})
+
+    @staticmethod
+    def _user_id(request: web.Request) -> str:
+        user_id = request.match_info["userId"]
+        if not valid_id(user_id):
+            raise ApiError(400, "bad_request", "userId must be 1-128 letters, digits or _.:@-")
+        return user_id
+
+    async def _call(self, awaitable: Awaitable[Any]) -> Any:
+        try:
+            return await awaitable
+        except BackplaneUnavailable as exc:
+            error = ApiError(503, "unavailable", str(exc))
+            error.headers["Retry-After"] = str(exc.retry_after)
+            raise error from None

@@ -1,0 +1,97 @@
+"""The app factory: ``create_app(settings)`` wires everything; nothing happens at import time."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiohttp import web
+
+from handlers.catalogue import Catalogue
+from server.admin_api import AdminApi, error_middleware, json_response
+from server.auth import Authenticator
+from server.backplane.base import Backplane
+from server.backplane.memory import MemoryBackplane
+from server.config import Settings
+from server.hub import CLOSE_RESTART
+from server.metrics import make_registry, render
+from server.node import Node
+from server.openapi import build_openapi
+from server.sio_transport import SocketIOEndpoint
+from server.ws_transport import WebSocketEndpoint
+
+log = logging.getLogger(__name__)
+
+NODE = web.AppKey("node", Node)
+SETTINGS = web.AppKey("settings", Settings)
+
+
+def make_backplane(settings: Settings) -> Backplane:
+    if settings.redis.url:
+        from server.backplane.redis import RedisBackplane
+
+        return RedisBackplane(settings)
+    return MemoryBackplane(settings.history, settings.admin.idempotency_ttl_seconds)
+
+
+def create_app(settings: Settings) -> web.Application:
+    node = Node(settings, make_backplane(settings))
+    authenticator = Authenticator(settings.auth, settings.cors_allowed_origins)
+    catalogue = Catalogue.from_config(settings.event_types)
+    admin = AdminApi(node, catalogue, settings)
+
+    # client_max_size: aiohttp's own cap is 1 MiB; ours is the admin body limit, checked by us.
+    app = web.Application(
+        middlewares=[error_middleware, admin.auth_middleware],
+        client_max_size=settings.admin.max_body_bytes,
+    )
+    app[NODE] = node
+    app[SETTINGS] = settings
+
+    app.router.add_get("/api/ws", WebSocketEndpoint(node, authenticator, settings.websocket).handle)
+    sio = SocketIOEndpoint(node, authenticator, settings)
+    sio.attach(app)
+    admin.add_routes(app)
+
+    openapi = build_openapi(catalogue)
+    registry = make_registry(node)
+
+    async def openapi_json(_: web.Request) -> web.Response:
+        return json_response(openapi)
+
+    async def healthz(_: web.Request) -> web.Response:
+        return json_response({"status": "ok", "node": node.name})
+
+    async def readyz(_: web.Request) -> web.Response:
+        ready = node.backplane.ready
+        return json_response({"ready": ready, "backplane": node.backplane.name}, status=200 if ready else 503)
+
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(body=render(registry), content_type="text/plain", charset="utf-8")
+
+    app.router.add_get("/api/v1/openapi.json", openapi_json)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+
+    async def start(_: web.Application) -> None:
+        await node.start()
+
+    async def close_clients(_: web.Application) -> None:
+        """Shutdown: every client is told 1012 (service restart) and reconnects elsewhere."""
+        count = len(node.hub.connections)
+        node.hub.close_all(CLOSE_RESTART, "server restarting")
+        # Let the close frames reach the wire before aiohttp cancels the handlers.
+        for _ in range(20):
+            if not node.hub.connections:
+                break
+            await asyncio.sleep(0.05)
+        log.info("clients closed for shutdown", extra={"connections": count})
+
+    async def stop(_: web.Application) -> None:
+        await node.stop()
+
+    app.on_startup.append(start)
+    app.on_shutdown.append(close_clients)
+    app.on_cleanup.append(stop)
+    return app

@@ -1,0 +1,133 @@
+"""The backplane interface: orders events, gives each its id, keeps history, carries them everywhere.
+
+Two implementations: ``MemoryBackplane`` (one process, nothing to run) and ``RedisBackplane``
+(``REDIS_URL``: many processes as one). The node calls these methods and nothing else, and the
+same behavioural tests run against both.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from server.events import Event, EventId, OutgoingEvent, format_event_id, parse_event_id
+
+EventSink = Callable[[Event], None]
+CommandSink = Callable[[dict[str, Any]], None]
+
+
+class BackplaneUnavailable(Exception):
+    """Delivery cannot be accepted right now; nothing was accepted. Retry after ``retry_after`` s."""
+
+    def __init__(self, message: str, retry_after: int = 2) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class HistoryExpired(Exception):
+    """Events after the requested id are no longer (or were never) all in the history."""
+
+
+@dataclass
+class NodeReport:
+    """What one process reports about itself, for presence and stats."""
+
+    node: str
+    connections: int = 0
+    by_transport: dict[str, int] = field(default_factory=dict)
+    users: dict[str, int] = field(default_factory=dict)
+    events_delivered: int = 0
+    events_accepted: int = 0
+
+
+def is_recoverable(after: EventId, floor: EventId, last: EventId) -> bool:
+    """Every event with an id above ``floor`` is kept, and ``last`` is the newest id handed out."""
+    return floor <= after <= last
+
+
+def select_missed(
+    events: Sequence[Event], after: EventId, rooms: Collection[str]
+) -> list[Event]:
+    """Events after ``after`` addressed to any of ``rooms`` (the history's privacy rule)."""
+    wanted = set(rooms)
+    return [e for e in events if e.sort_key > after and not wanted.isdisjoint(e.rooms)]
+
+
+class Backplane(ABC):
+    """See the module docstring. ``on_event`` runs for every event on every process, in id order."""
+
+    name: str
+
+    @abstractmethod
+    async def start(
+        self, on_event: EventSink, on_command: CommandSink, report: Callable[[], NodeReport]
+    ) -> None:
+        """Connect and start carrying events to ``on_event`` and commands to ``on_command``."""
+
+    @abstractmethod
+    async def stop(self) -> None: ...
+
+    @property
+    @abstractmethod
+    def ready(self) -> bool:
+        """True while events can be accepted and this process is receiving them."""
+
+    @abstractmethod
+    async def publish(self, events: Sequence[OutgoingEvent]) -> list[str]:
+        """Accept all the events or none (``BackplaneUnavailable``); return their ids in order.
+
+        An event whose idempotency key was seen within the TTL is not published again: the id
+        it got the first time is returned in its place.
+        """
+
+    @abstractmethod
+    async def history(self, after: str, rooms: Collection[str]) -> list[Event]:
+        """Events after ``after`` addressed to ``rooms``, oldest first, or ``HistoryExpired``."""
+
+    @abstractmethod
+    async def position(self) -> str:
+        """The id of the newest event: a client that saw nothing yet can resume from here."""
+
+    @abstractmethod
+    async def command(self, command: dict[str, Any]) -> None:
+        """Run an admin command (e.g. disconnect a user) on every process, this one included."""
+
+    @abstractmethod
+    async def presence(self, user_id: str) -> int:
+        """Connections of ``user_id`` on every live process."""
+
+    @abstractmethod
+    async def nodes(self) -> list[NodeReport]:
+        """Every live process's report."""
+
+    @abstractmethod
+    def mark_user(self, user_id: str) -> None:
+        """The local connection count of ``user_id`` changed (presence is refreshed soon)."""
+
+    @abstractmethod
+    async def save_session(self, pid: str, state: dict[str, Any], ttl: int) -> None:
+        """Keep a Socket.IO session's state (its store rooms) for connection-state recovery."""
+
+    @abstractmethod
+    async def load_session(self, pid: str) -> dict[str, Any] | None: ...
+
+
+def parse_after(after: str) -> EventId:
+    parsed = parse_event_id(after)
+    if parsed is None:
+        raise HistoryExpired(f"unknown event id {after!r}")
+    return parsed
+
+
+__all__ = [
+    "Backplane",
+    "BackplaneUnavailable",
+    "HistoryExpired",
+    "NodeReport",
+    "format_event_id",
+    "is_recoverable",
+    "parse_after",
+    "select_missed",
+]

@@ -1,0 +1,135 @@
+"""The in-memory backplane: one process, nothing to install. Ids are ``ms-seq`` like Redis's."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable, Collection, Sequence
+from typing import Any
+
+from server.backplane.base import (
+    Backplane,
+    CommandSink,
+    EventSink,
+    HistoryExpired,
+    NodeReport,
+    is_recoverable,
+    parse_after,
+    select_missed,
+)
+from server.config import HistorySettings
+from server.events import Event, EventId, OutgoingEvent, format_event_id
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class MemoryBackplane(Backplane):
+    name = "memory"
+
+    def __init__(self, history: HistorySettings, idempotency_ttl: int) -> None:
+        self.history_settings = history
+        self.idempotency_ttl = idempotency_ttl
+        # Ids handed out after a restart must not be mistaken for the old process's: the floor
+        # starts at "now", so an id from before it is reported as expired (resync).
+        self._last: EventId = (_now_ms(), 0)
+        self._floor: EventId = self._last
+        self._events: deque[tuple[float, Event]] = deque()
+        self._idempotency: dict[str, tuple[float, str]] = {}
+        self._sessions: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._on_event: EventSink | None = None
+        self._on_command: CommandSink | None = None
+        self._report: Callable[[], NodeReport] | None = None
+        self._running = False
+
+    async def start(
+        self, on_event: EventSink, on_command: CommandSink, report: Callable[[], NodeReport]
+    ) -> None:
+        self._on_event, self._on_command, self._report = on_event, on_command, report
+        self._running = True
+
+    async def stop(self) -> None:
+        self._running = False
+
+    @property
+    def ready(self) -> bool:
+        return self._running
+
+    def _next_id(self) -> EventId:
+        ms = _now_ms()
+        last_ms, last_seq = self._last
+        self._last = (ms, 0) if ms > last_ms else (last_ms, last_seq + 1)
+        return self._last
+
+    async def publish(self, events: Sequence[OutgoingEvent]) -> list[str]:
+        now = time.monotonic()
+        ids: list[str] = []
+        fresh: list[Event] = []
+        for outgoing in events:
+            key = outgoing.idempotency_key
+            seen = self._idempotency.get(key) if key else None
+            if seen is not None and seen[0] > now:
+                ids.append(seen[1])
+                continue
+            event = outgoing.with_id(format_event_id(self._next_id()))
+            if key:
+                self._idempotency[key] = (now + self.idempotency_ttl, event.id)
+            ids.append(event.id)
+            fresh.append(event)
+        for event in fresh:
+            self._events.append((now, event))
+        self._trim(now)
+        assert self._on_event is not None
+        for event in fresh:
+            self._on_event(event)
+        return ids
+
+    def _trim(self, now: float) -> None:
+        settings = self.history_settings
+        oldest_allowed = now - settings.max_age_seconds
+        events = self._events
+        while events and (len(events) > settings.max_events or events[0][0] < oldest_allowed):
+            self._floor = events.popleft()[1].sort_key
+        if len(self._idempotency) > 100_000 or len(self._sessions) > 100_000:
+            self._expire(now)
+
+    def _expire(self, now: float) -> None:
+        self._idempotency = {k: v for k, v in self._idempotency.items() if v[0] > now}
+        self._sessions = {k: v for k, v in self._sessions.items() if v[0] > now}
+
+    async def history(self, after: str, rooms: Collection[str]) -> list[Event]:
+        after_id = parse_after(after)
+        self._trim(time.monotonic())
+        if not is_recoverable(after_id, self._floor, self._last):
+            raise HistoryExpired(after)
+        return select_missed([event for _, event in self._events], after_id, rooms)
+
+    async def position(self) -> str:
+        return format_event_id(self._last)
+
+    async def command(self, command: dict[str, Any]) -> None:
+        assert self._on_command is not None
+        self._on_command(command)
+        await asyncio.sleep(0)
+
+    async def presence(self, user_id: str) -> int:
+        assert self._report is not None
+        return self._report().users.get(user_id, 0)
+
+    async def nodes(self) -> list[NodeReport]:
+        assert self._report is not None
+        return [self._report()]
+
+    def mark_user(self, user_id: str) -> None:
+        """Presence is read from the hub directly: nothing to refresh."""
+
+    async def save_session(self, pid: str, state: dict[str, Any], ttl: int) -> None:
+        self._sessions[pid] = (time.monotonic() + ttl, state)
+
+    async def load_session(self, pid: str) -> dict[str, Any] | None:
+        entry = self._sessions.get(pid)
+        if entry is None or entry[0] < time.monotonic():
+            return None
+        return entry[1]

@@ -1,0 +1,355 @@
+"""Settings: config.yaml (or CONFIG_FILE), overridden by environment variables, validated once.
+
+Every shape is a marshmallow schema with ``unknown=RAISE``, so a misspelt key is an error, not a
+silently ignored setting. ``load_settings`` raises ``ConfigError`` with one line that names the
+setting; ``python -m server`` prints that line and exits non-zero.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Mapping
+from urllib.parse import urlsplit
+
+import yaml
+from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validate
+
+DEFAULT_CONFIG_FILE = Path(__file__).resolve().parent.parent / "config.yaml"
+FIELD_TYPES = ("string", "number", "integer", "boolean", "object", "array")
+AUDIENCES = ("global", "store", "user", "explicit")
+
+
+class ConfigError(Exception):
+    """A setting is missing or wrong; the message is one line naming it."""
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    insecure: bool = False
+    jwt_secret: str | None = field(default=None, repr=False)
+    jwt_public_key: str | None = field(default=None, repr=False)
+    audience: str | None = None
+    issuer: str | None = None
+    cookie_name: str | None = None
+    default_role: str = "customer"
+    roles: tuple[str, ...] = ("customer", "merchant", "driver", "admin")
+
+
+@dataclass(frozen=True)
+class AdminSettings:
+    api_keys: tuple[str, ...] = field(default=(), repr=False)
+    max_body_bytes: int = 1024 * 1024
+    max_batch: int = 1000
+    idempotency_ttl_seconds: int = 24 * 3600
+
+
+@dataclass(frozen=True)
+class WebSocketSettings:
+    heartbeat_seconds: float = 25.0
+    max_message_bytes: int = 64 * 1024
+    send_buffer_bytes: int = 4 * 1024 * 1024
+    compression: bool = False
+    client_messages_per_second: float = 20.0
+    client_messages_burst: int = 40
+    max_stores_per_connection: int = 100
+
+
+@dataclass(frozen=True)
+class HistorySettings:
+    max_events: int = 10_000
+    max_age_seconds: int = 600
+
+
+@dataclass(frozen=True)
+class RedisSettings:
+    url: str | None = field(default=None, repr=False)
+    tls_verify: bool = True
+    key_prefix: str = "rt"
+    presence_ttl_seconds: float = 15.0
+    retry_after_seconds: int = 2
+
+
+@dataclass(frozen=True)
+class EventTypeSettings:
+    """An extra event type declared in config.yaml: its required data fields and default audience."""
+
+    fields: Mapping[str, str]
+    audience: str = "explicit"
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "0.0.0.0"
+    port: int = 3000
+    node_name: str = ""
+    log_level: str = "info"
+    log_format: str = "text"
+    shutdown_timeout_seconds: float = 10.0
+    cors_allowed_origins: tuple[str, ...] = ()
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    admin: AdminSettings = field(default_factory=AdminSettings)
+    websocket: WebSocketSettings = field(default_factory=WebSocketSettings)
+    history: HistorySettings = field(default_factory=HistorySettings)
+    redis: RedisSettings = field(default_factory=RedisSettings)
+    event_types: Mapping[str, EventTypeSettings] = field(default_factory=dict)
+
+
+# --- schemas: one per section, unknown keys refused -------------------------------------------
+
+_positive = validate.Range(min=0, min_inclusive=False)
+
+
+class _Section(Schema):
+    class Meta:
+        unknown = RAISE
+
+
+class _AuthSchema(_Section):
+    insecure = fields.Boolean()
+    jwt_secret = fields.String(allow_none=True)
+    jwt_public_key = fields.String(allow_none=True)
+    audience = fields.String(allow_none=True)
+    issuer = fields.String(allow_none=True)
+    cookie_name = fields.String(allow_none=True)
+    default_role = fields.String()
+    roles = fields.List(fields.String(validate=validate.Length(min=1)), validate=validate.Length(min=1))
+
+    @post_load
+    def make(self, data: dict[str, Any], **_: Any) -> AuthSettings:
+        if "roles" in data:
+            data["roles"] = tuple(data["roles"])
+        return AuthSettings(**data)
+
+
+class _AdminSchema(_Section):
+    api_keys = fields.List(fields.String(validate=validate.Length(min=1)))
+    max_body_bytes = fields.Integer(validate=_positive)
+    max_batch = fields.Integer(validate=_positive)
+    idempotency_ttl_seconds = fields.Integer(validate=_positive)
+
+    @post_load
+    def make(self, data: dict[str, Any], **_: Any) -> AdminSettings:
+        if "api_keys" in data:
+            data["api_keys"] = tuple(data["api_keys"])
+        return AdminSettings(**data)
+
+
+class _WebSocketSchema(_Section):
+    heartbeat_seconds = fields.Float(validate=_positive)
+    max_message_bytes = fields.Integer(validate=_positive)
+    send_buffer_bytes = fields.Integer(validate=_positive)
+    compression = fields.Boolean()
+    client_messages_per_second = fields.Float(validate=_positive)
+    client_messages_burst = fields.Integer(validate=_positive)
+    max_stores_per_connection = fields.Integer(validate=_positive)
+
+    @post_load
+    def make(self, data: dict[str, Any], **_: Any) -> WebSocketSettings:
+        return WebSocketSettings(**data)
+
+
+class _HistorySchema(_Section):
+    max_events = fields.Integer(validate=validate.Range(min=0))
+    max_age_seconds = fields.Integer(validate=validate.Range(min=0))
+
+    @post_load
+    def make(self, data: dict[str, Any], **_: Any) -> HistorySettings:
+        return HistorySettings(**data)
+
+
+def _check_redis_url(url: str | None) -> None:
+    if url is None:
+        return
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+        raise ValidationError("must be a redis:// or rediss:// URL with a host")
+
+
+class _RedisSchema(_Section):
+    url = fields.String(allow_none=True, validate=_check_redis_url)
+    tls_verify = fields.Boolean()
+    key_prefix = fields.String(validate=validate.Length(min=1))
+    presence_ttl_seconds = fields.Float(validate=_positive)
+    retry_after_seconds = fields.Integer(validate=_positive)
+
+    @post_load
+    def make(self, data: dict[str, Any], **_: Any) -> RedisSettings:
+        return RedisSettings(**data)
+
+
+class _EventTypeSchema(_Section):
+    fields_ = fields.Dict(
+        data_key="fields",
+        keys=fields.String(),
+        values=fields.String(validate=validate.OneOf(FIELD_TYPES)),
+        load_default=dict,
+    )
+    audience = fields.String(validate=validate.OneOf(AUDIENCES))
+
+    @post_load
+    def make(self, data: dict[str, Any], **_: Any) -> EventTypeSettings:
+        return EventTypeSettings(fields=data.pop("fields_"), **data)
+
+
+class _SettingsSchema(_Section):
+    host = fields.String(validate=validate.Length(min=1))
+    port = fields.Integer(validate=validate.Range(min=0, max=65535))
+    node_name = fields.String(allow_none=True)
+    log_level = fields.String(
+        validate=validate.OneOf(["debug", "info", "warning", "error", "critical"])
+    )
+    log_format = fields.String(validate=validate.OneOf(["text", "json"]))
+    shutdown_timeout_seconds = fields.Float(validate=_positive)
+    cors_allowed_origins = fields.List(fields.String(validate=validate.Length(min=1)))
+    auth = fields.Nested(_AuthSchema)
+    admin = fields.Nested(_AdminSchema)
+    websocket = fields.Nested(_WebSocketSchema)
+    history = fields.Nested(_HistorySchema)
+    redis = fields.Nested(_RedisSchema)
+    event_types = fields.Dict(keys=fields.String(), values=fields.Nested(_EventTypeSchema))
+
+    @post_load
+    def make(self, data: dict[str, Any], **_: Any) -> Settings:
+        if "cors_allowed_origins" in data:
+            data["cors_allowed_origins"] = tuple(data["cors_allowed_origins"])
+        if not data.get("node_name"):
+            data["node_name"] = ""
+        return Settings(**data)
+
+
+# --- loading -------------------------------------------------------------------------------
+
+
+def _csv(value: str) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
+    """Map the contract's environment variables onto the config tree (as raw, unvalidated values)."""
+    tree: dict[str, Any] = {}
+
+    def put(path: str, value: Any) -> None:
+        *parents, leaf = path.split(".")
+        node = tree
+        for name in parents:
+            node = node.setdefault(name, {})
+        node[leaf] = value
+
+    simple = {
+        "HOST": "host",
+        "PORT": "port",
+        "LOG_LEVEL": "log_level",
+        "LOG_FORMAT": "log_format",
+        "REDIS_URL": "redis.url",
+        "JWT_SECRET": "auth.jwt_secret",
+        "JWT_PUBLIC_KEY": "auth.jwt_public_key",
+    }
+    for var, path in simple.items():
+        if env.get(var):
+            value: Any = env[var]
+            if var in ("LOG_LEVEL", "LOG_FORMAT"):
+                value = value.lower()
+            put(path, value)
+    if "AUTH_INSECURE" in env:
+        put("auth.insecure", env["AUTH_INSECURE"].strip().lower() in ("1", "true", "yes"))
+    if env.get("ADMIN_API_KEYS"):
+        put("admin.api_keys", _csv(env["ADMIN_API_KEYS"]))
+    if env.get("CORS_ALLOWED_ORIGINS"):
+        put("cors_allowed_origins", _csv(env["CORS_ALLOWED_ORIGINS"]))
+    return tree
+
+
+def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _first_error(messages: Any, path: str = "") -> str:
+    """Flatten marshmallow's nested error dict into 'a.b: message' (the first one)."""
+    if isinstance(messages, dict):
+        key, value = next(iter(messages.items()))
+        if key == "_schema":
+            return _first_error(value, path)
+        if isinstance(value, list) and value == ["Unknown field."]:
+            return f"{path}{key}: unknown setting"
+        return _first_error(value, f"{path}{key}." if path or key else "")
+    if isinstance(messages, list):
+        return f"{path.rstrip('.')}: {messages[0]}" if path else str(messages[0])
+    return f"{path.rstrip('.')}: {messages}"
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"CONFIG_FILE: cannot read {path}: {exc.strerror}") from None
+    try:
+        tree = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"CONFIG_FILE: {path} is not valid YAML{where}") from None
+    if tree is None:
+        return {}
+    if not isinstance(tree, dict):
+        raise ConfigError(f"CONFIG_FILE: {path} must hold a mapping of settings")
+    return tree
+
+
+def default_node_name(env: Mapping[str, str]) -> str:
+    return env.get("DYNO") or f"{socket.gethostname()}-{os.getpid()}"
+
+
+def load_settings(
+    env: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None
+) -> Settings:
+    """Read the config file, apply environment variables, then ``overrides`` (for tests)."""
+    env = os.environ if env is None else env
+    path = Path(env["CONFIG_FILE"]) if env.get("CONFIG_FILE") else DEFAULT_CONFIG_FILE
+    tree = _read_file(path) if (env.get("CONFIG_FILE") or path.exists()) else {}
+    tree = _merge(tree, _env_overrides(env))
+    if overrides:
+        tree = _merge(tree, dict(overrides))
+    try:
+        settings: Settings = _SettingsSchema().load(tree)
+    except ValidationError as exc:
+        raise ConfigError(_first_error(exc.messages)) from None
+    if not settings.node_name:
+        settings = replace(settings, node_name=default_node_name(env))
+    check_settings(settings)
+    return settings
+
+
+def check_settings(settings: Settings) -> None:
+    """Rules across settings: what must be configured before the server may start."""
+    auth = settings.auth
+    if auth.default_role not in auth.roles:
+        raise ConfigError(f"auth.default_role: {auth.default_role!r} is not one of auth.roles")
+    if not auth.insecure:
+        if not (auth.jwt_secret or auth.jwt_public_key):
+            raise ConfigError(
+                "JWT_SECRET or JWT_PUBLIC_KEY: required to verify client tokens "
+                "(or set AUTH_INSECURE=1 for development)"
+            )
+        if not settings.admin.api_keys:
+            raise ConfigError(
+                "ADMIN_API_KEYS: required to protect the admin API "
+                "(or set AUTH_INSECURE=1 for development)"
+            )
+        if "*" in settings.cors_allowed_origins:
+            raise ConfigError("CORS_ALLOWED_ORIGINS: '*' is allowed only with AUTH_INSECURE=1")
+    if auth.jwt_public_key:
+        from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+        try:
+            load_pem_public_key(auth.jwt_public_key.encode())
+        except ValueError:
+            raise ConfigError("JWT_PUBLIC_KEY: not a PEM public key") from None

@@ -1,0 +1,104 @@
+"""The event as it travels from the backplane to the transports, and its wire encodings.
+
+An event's ``data`` is JSON-encoded once when it is published; every frame below is built from
+those bytes by concatenation, once per event (cached), never once per recipient.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+import orjson
+
+EventId = tuple[int, int]
+ZERO_ID = "0-0"
+
+
+def parse_event_id(text: object) -> EventId | None:
+    """``"1732572000000-3"`` → ``(1732572000000, 3)``; anything else → ``None``."""
+    if not isinstance(text, str) or len(text) > 41:
+        return None
+    ms, sep, seq = text.partition("-")
+    if not sep or not ms.isdigit() or not seq.isdigit():
+        return None
+    return int(ms), int(seq)
+
+
+def format_event_id(event_id: EventId) -> str:
+    return f"{event_id[0]}-{event_id[1]}"
+
+
+def websocket_text_frame(payload: bytes) -> bytes:
+    """An unmasked, unfragmented server-to-client WebSocket text frame (RFC 6455 §5.2)."""
+    length = len(payload)
+    if length < 126:
+        header = struct.pack("!BB", 0x81, length)
+    elif length < 65536:
+        header = struct.pack("!BBH", 0x81, 126, length)
+    else:
+        header = struct.pack("!BBQ", 0x81, 127, length)
+    return header + payload
+
+
+def websocket_close_frame(code: int, reason: str = "") -> bytes:
+    payload = struct.pack("!H", code) + reason.encode()[:120]
+    return struct.pack("!BB", 0x88, len(payload)) + payload
+
+
+@dataclass(slots=True)
+class Event:
+    """One published event: its id, type, JSON-encoded data and the rooms it is addressed to."""
+
+    id: str
+    type: str
+    data_json: bytes
+    rooms: tuple[str, ...]
+    _ws_frame: bytes | None = field(default=None, repr=False)
+    _sio_payload: bytes | None = field(default=None, repr=False)
+    _sio_frame: bytes | None = field(default=None, repr=False)
+
+    @property
+    def sort_key(self) -> EventId:
+        parsed = parse_event_id(self.id)
+        assert parsed is not None
+        return parsed
+
+    @property
+    def ws_frame(self) -> bytes:
+        """The plain-WebSocket frame: ``{"type": T, "data": D, "id": ID}``."""
+        if self._ws_frame is None:
+            payload = b"".join(
+                (b'{"type":', orjson.dumps(self.type), b',"data":', self.data_json, b',"id":"')
+            )
+            self._ws_frame = websocket_text_frame(payload + self.id.encode() + b'"}')
+        return self._ws_frame
+
+    @property
+    def sio_payload(self) -> bytes:
+        """The Socket.IO EVENT packet ``2["T",D,"ID"]`` (without Engine.IO's ``4`` prefix)."""
+        if self._sio_payload is None:
+            self._sio_payload = b"".join(
+                (b"2[", orjson.dumps(self.type), b",", self.data_json, b',"', self.id.encode(), b'"]')
+            )
+        return self._sio_payload
+
+    @property
+    def sio_frame(self) -> bytes:
+        """The whole WebSocket frame carrying the Engine.IO MESSAGE ``42[...]``."""
+        if self._sio_frame is None:
+            self._sio_frame = websocket_text_frame(b"4" + self.sio_payload)
+        return self._sio_frame
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingEvent:
+    """An event accepted by the admin API, before the backplane gives it an id."""
+
+    type: str
+    data_json: bytes
+    rooms: tuple[str, ...]
+    idempotency_key: str | None = None
+
+    def with_id(self, event_id: str) -> Event:
+        return Event(event_id, self.type, self.data_json, self.rooms)

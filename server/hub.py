@@ -1,0 +1,152 @@
+"""The hub: this process's connections, the rooms they are in, and delivery of one event to them.
+
+Delivery is synchronous and never waits for a client: each connection writes the event's
+pre-encoded frame into its own bounded buffer, and a connection whose buffer overflows is closed
+(1008) while the others carry on.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from abc import ABC, abstractmethod
+from collections import Counter
+from collections.abc import Iterable
+from typing import Any, ClassVar
+
+from server.auth import Identity
+from server.events import Event, EventId
+
+log = logging.getLogger(__name__)
+
+CLOSE_SLOW_CONSUMER = 1008
+CLOSE_RESTART = 1012
+CLOSE_KICKED = 4001
+CLOSE_RATE_LIMITED = 4429
+
+
+class Connection(ABC):
+    """One client connection, of either transport. Subclasses only know how to write and close."""
+
+    transport: ClassVar[str]
+
+    def __init__(self, identity: Identity, rate: float, burst: int) -> None:
+        self.identity = identity
+        self.rooms: set[str] = set()
+        self.closed = False
+        # Live events wait here while missed events are replayed (see ``release``).
+        self._held: list[Event] | None = []
+        self._rate = rate
+        self._burst = float(burst)
+        self._tokens = float(burst)
+        self._refilled = time.monotonic()
+
+    @property
+    def user_id(self) -> str:
+        return self.identity.user_id
+
+    def deliver(self, event: Event) -> None:
+        if self._held is not None:
+            self._held.append(event)
+        elif not self.closed:
+            self.send_event(event)
+
+    def release(self, replay: Iterable[Event], after: EventId | None) -> None:
+        """Send the missed events, then the live ones held meanwhile, each once, then go live."""
+        last = after
+        for event in replay:
+            self.send_event(event)
+            last = event.sort_key
+        held, self._held = self._held or [], None
+        for event in held:
+            if last is None or event.sort_key > last:
+                self.send_event(event)
+
+    def allow_message(self) -> bool:
+        """Token bucket for client-to-server messages (contract: 4429 when exceeded)."""
+        now = time.monotonic()
+        self._tokens = min(self._burst, self._tokens + (now - self._refilled) * self._rate)
+        self._refilled = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
+
+    @abstractmethod
+    def send_event(self, event: Event) -> None:
+        """Write the event's frame now; never await."""
+
+    @abstractmethod
+    def send_message(self, message: dict[str, Any]) -> None:
+        """Write a control message (connected, subscribed, error, resync...)."""
+
+    @abstractmethod
+    def close(self, code: int, reason: str) -> None:
+        """Start closing; the transport calls ``Hub.remove`` once it is gone."""
+
+
+class Hub:
+    def __init__(self) -> None:
+        self.rooms: dict[str, set[Connection]] = {}
+        self.connections: set[Connection] = set()
+        self.delivered = 0
+
+    def add(self, conn: Connection, rooms: Iterable[str]) -> None:
+        self.connections.add(conn)
+        for room in rooms:
+            self.join(conn, room)
+
+    def remove(self, conn: Connection) -> None:
+        self.connections.discard(conn)
+        for room in conn.rooms:
+            members = self.rooms.get(room)
+            if members is not None:
+                members.discard(conn)
+                if not members:
+                    del self.rooms[room]
+        conn.rooms = set()
+
+    def join(self, conn: Connection, room: str) -> None:
+        conn.rooms.add(room)
+        self.rooms.setdefault(room, set()).add(conn)
+
+    def leave(self, conn: Connection, room: str) -> None:
+        conn.rooms.discard(room)
+        members = self.rooms.get(room)
+        if members is not None:
+            members.discard(conn)
+            if not members:
+                del self.rooms[room]
+
+    def deliver(self, event: Event) -> None:
+        """Hand ``event`` to every local connection in any of its rooms, each exactly once."""
+        rooms = self.rooms
+        if len(event.rooms) == 1:
+            # A copy: a connection closed for overflowing leaves the room during the loop.
+            targets: Iterable[Connection] = tuple(rooms.get(event.rooms[0], ()))
+        else:
+            targets = set().union(*(rooms.get(room, ()) for room in event.rooms))
+        count = 0
+        for conn in targets:
+            conn.deliver(event)
+            count += 1
+        self.delivered += count
+
+    def user_count(self, user_id: str) -> int:
+        return len(self.rooms.get(f"user:{user_id}", ()))
+
+    def users(self) -> dict[str, int]:
+        return {room[5:]: len(members) for room, members in self.rooms.items() if room.startswith("user:")}
+
+    def by_transport(self) -> dict[str, int]:
+        return dict(Counter(conn.transport for conn in self.connections))
+
+    def close_user(self, user_id: str, code: int, reason: str) -> int:
+        conns = list(self.rooms.get(f"user:{user_id}", ()))
+        for conn in conns:
+            conn.close(code, reason)
+        return len(conns)
+
+    def close_all(self, code: int, reason: str) -> None:
+        for conn in list(self.connections):
+            conn.close(code, reason)

@@ -1,0 +1,151 @@
+"""The node: one process's wiring of hub, backplane and catalogue, shared by both transports."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from handlers.subscriptions import SubscriptionError, store_room
+from server.backplane.base import Backplane, BackplaneUnavailable, HistoryExpired, NodeReport
+from server.config import Settings
+from server.events import Event, EventId, OutgoingEvent, parse_event_id
+from server.hub import CLOSE_KICKED, Connection, Hub
+
+log = logging.getLogger(__name__)
+
+DISCONNECT_USER = "disconnect_user"
+
+
+@dataclass
+class Resume:
+    """What a connecting client gets before live events: a resync notice or the events it missed."""
+
+    after: EventId | None = None
+    missed: list[Event] = field(default_factory=list)
+    resync_reason: str | None = None
+    position: str | None = None  # where a client that saw nothing can resume from
+
+    @property
+    def recovered(self) -> bool:
+        return self.after is not None and self.resync_reason is None
+
+
+class Node:
+    def __init__(self, settings: Settings, backplane: Backplane) -> None:
+        self.settings = settings
+        self.name = settings.node_name
+        self.backplane = backplane
+        self.hub = Hub()
+        self.events_accepted = 0
+
+    async def start(self) -> None:
+        await self.backplane.start(self.hub.deliver, self._on_command, self.report)
+        log.info(
+            "node started",
+            extra={"node": self.name, "backplane": self.backplane.name},
+        )
+
+    async def stop(self) -> None:
+        await self.backplane.stop()
+
+    def report(self) -> NodeReport:
+        hub = self.hub
+        return NodeReport(
+            node=self.name,
+            connections=len(hub.connections),
+            by_transport=hub.by_transport(),
+            users=hub.users(),
+            events_delivered=hub.delivered,
+            events_accepted=self.events_accepted,
+        )
+
+    # --- publishing -----------------------------------------------------------------------
+
+    async def publish(self, events: Sequence[OutgoingEvent]) -> list[str]:
+        ids = await self.backplane.publish(events)
+        self.events_accepted += len(events)
+        log.info(
+            "events accepted",
+            extra={"count": len(events), "types": sorted({e.type for e in events}), "first_id": ids[0]},
+        )
+        return ids
+
+    async def disconnect_user(self, user_id: str) -> int:
+        """Close every connection of ``user_id`` on every process (4001); how many there were."""
+        count = await self.backplane.presence(user_id)
+        await self.backplane.command({"op": DISCONNECT_USER, "userId": user_id})
+        return count
+
+    def _on_command(self, command: dict[str, Any]) -> None:
+        if command.get("op") == DISCONNECT_USER:
+            closed = self.hub.close_user(str(command.get("userId")), CLOSE_KICKED, "disconnected")
+            if closed:
+                log.info("user disconnected by admin", extra={"userId": command.get("userId"), "connections": closed})
+
+    # --- connections ----------------------------------------------------------------------
+
+    async def connect(self, conn: Connection, rooms: Sequence[str], last_event_id: str | None) -> Resume:
+        """Put ``conn`` in its rooms (live events are held) and find what it missed.
+
+        The transport then sends its own first message and calls ``resume``.
+        """
+        self.hub.add(conn, rooms)
+        self.backplane.mark_user(conn.user_id)
+        resume = Resume()
+        try:
+            resume.position = await self.backplane.position()
+        except BackplaneUnavailable:
+            resume.position = None
+        if last_event_id is not None:
+            resume.after = parse_event_id(last_event_id)
+            try:
+                resume.missed = await self.backplane.history(last_event_id, conn.rooms)
+            except HistoryExpired:
+                resume.resync_reason = "history_expired"
+            except BackplaneUnavailable:
+                resume.resync_reason = "history_unavailable"
+        log.info(
+            "client connected",
+            extra={
+                "transport": conn.transport,
+                "userId": conn.user_id,
+                "role": conn.identity.role,
+                "resumed": resume.recovered,
+                "missed": len(resume.missed),
+            },
+        )
+        return resume
+
+    def resume(self, conn: Connection, resume: Resume) -> None:
+        if resume.resync_reason is not None:
+            conn.send_message({"type": "resync", "data": {"reason": resume.resync_reason}})
+            conn.release((), None)
+        else:
+            conn.release(resume.missed, resume.after)
+
+    def disconnect(self, conn: Connection, reason: str) -> None:
+        if conn not in self.hub.connections:
+            return
+        self.hub.remove(conn)
+        self.backplane.mark_user(conn.user_id)
+        log.info(
+            "client disconnected",
+            extra={"transport": conn.transport, "userId": conn.user_id, "reason": reason},
+        )
+
+    def subscribe(self, conn: Connection, store_id: str) -> str:
+        room = store_room(store_id)
+        stores = sum(1 for r in conn.rooms if r.startswith("store:"))
+        if room not in conn.rooms and stores >= self.settings.websocket.max_stores_per_connection:
+            raise SubscriptionError(
+                f"at most {self.settings.websocket.max_stores_per_connection} stores may be viewed at once"
+            )
+        self.hub.join(conn, room)
+        return room
+
+    def unsubscribe(self, conn: Connection, store_id: str) -> str:
+        room = store_room(store_id)
+        self.hub.leave(conn, room)
+        return room
