@@ -1,0 +1,404 @@
+"""The Redis backplane (``REDIS_URL``): many processes act as one.
+
+One Redis stream carries everything: ``XADD`` gives each event its id and order, the stream
+(trimmed by length and age) is the history any process can replay from, and every process tails
+it with ``XREAD BLOCK``. Admin commands (disconnect a user) travel in the same stream, so they
+are ordered with events. Presence and stats are per-process hashes that expire unless the process
+keeps refreshing them, so a crashed process stops being counted by itself.
+
+Keys (``P`` is ``redis.key_prefix``; the README documents the entry format for direct publishers):
+
+- ``P:events``: the stream; entries ``type``, ``data`` (JSON), ``rooms`` (JSON array) or ``cmd``
+- ``P:events:floor``: every event with an id above it is still in the stream, unless trimmed
+- ``P:events:added``: entries ever added, to tell whether trimming has removed any
+- ``P:idem:KEY``: the id an idempotency key got; ``P:session:PID``: a Socket.IO session's stores
+- ``P:nodes`` (sorted set: node → expiry ms), ``P:node:NAME`` (stats), ``P:node:NAME:users``
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from server.backplane.base import (
+    Backplane,
+    BackplaneUnavailable,
+    CommandSink,
+    EventSink,
+    HistoryExpired,
+    NodeReport,
+    is_recoverable,
+    parse_after,
+    select_missed,
+)
+from server.config import Settings
+from server.events import Event, EventId, OutgoingEvent, format_event_id, parse_event_id
+
+log = logging.getLogger(__name__)
+
+BLOCK_MS = 2000
+PRESENCE_FLUSH_SECONDS = 0.1
+
+# Sets the floor when the stream is new (or was lost with a Redis restart): ids handed out from
+# now on are above it, and an id from before it is reported as expired, never silently skipped.
+_ENSURE_FLOOR = """
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+  if #last > 0 then
+    redis.call('SET', KEYS[2], last[1][1])
+  else
+    local t = redis.call('TIME')
+    redis.call('SET', KEYS[2], (tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - 1) .. '-0')
+  end
+end
+"""
+
+# KEYS: stream, floor, added. ARGV: maxlen, idempotency ttl, idempotency key prefix, then per event
+# type, data, rooms, idempotency key ('' for none). All events of a call are added, or none.
+_PUBLISH = (
+    _ENSURE_FLOOR
+    + """
+local ids = {}
+local fresh = 0
+for i = 4, #ARGV, 4 do
+  local key = ARGV[i + 3]
+  local id = false
+  if key ~= '' then id = redis.call('GET', ARGV[3] .. key) end
+  if not id then
+    id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
+                    'type', ARGV[i], 'data', ARGV[i + 1], 'rooms', ARGV[i + 2])
+    fresh = fresh + 1
+    if key ~= '' then redis.call('SET', ARGV[3] .. key, id, 'EX', ARGV[2]) end
+  end
+  ids[#ids + 1] = id
+end
+redis.call('INCRBY', KEYS[3], fresh)
+return ids
+"""
+)
+
+_COMMAND = (
+    _ENSURE_FLOOR
+    + """
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'cmd', ARGV[2])
+redis.call('INCRBY', KEYS[3], 1)
+"""
+)
+
+
+def _id(raw: bytes | str) -> str:
+    return raw.decode() if isinstance(raw, bytes) else raw
+
+
+class RedisBackplane(Backplane):
+    name = "redis"
+
+    def __init__(self, settings: Settings) -> None:
+        config = settings.redis
+        assert config.url is not None
+        self.settings = settings
+        self.node = settings.node_name
+        self.prefix = prefix = config.key_prefix
+        self.stream = f"{prefix}:events"
+        self.floor_key = f"{prefix}:events:floor"
+        self.added_key = f"{prefix}:events:added"
+        self.idem_prefix = f"{prefix}:idem:"
+        self.session_prefix = f"{prefix}:session:"
+        self.nodes_key = f"{prefix}:nodes"
+        self.node_key = self._node_key(self.node)
+        self.users_key = f"{self.node_key}:users"
+        self.retry_after = config.retry_after_seconds
+        self.ttl_ms = int(config.presence_ttl_seconds * 1000)
+        options: dict[str, Any] = {
+            "socket_connect_timeout": 2,
+            "socket_timeout": BLOCK_MS / 1000 + 3,
+            "health_check_interval": 10,
+            # Fail fast: the caller answers 503 and the service retries, so a retry here could
+            # only make a request slower or publish it twice.
+            "retry": Retry(NoBackoff(), 0),
+        }
+        if config.url.startswith("rediss://") and not config.tls_verify:
+            options.update(ssl_cert_reqs="none", ssl_check_hostname=False)
+        self.redis: aioredis.Redis = aioredis.from_url(config.url, **options)
+        self._tail_redis: aioredis.Redis = aioredis.from_url(config.url, **options)
+        self._publish_script = self.redis.register_script(_PUBLISH)
+        self._command_script = self.redis.register_script(_COMMAND)
+        self._ensure_script = self.redis.register_script(_ENSURE_FLOOR)
+        self._on_event: EventSink | None = None
+        self._on_command: CommandSink | None = None
+        self._report: Callable[[], NodeReport] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._tail_ok = False
+        self._last_read = 0.0
+        self._dirty_users: set[str] = set()
+
+    def _node_key(self, node: str) -> str:
+        return f"{self.prefix}:node:{node}"
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def start(
+        self, on_event: EventSink, on_command: CommandSink, report: Callable[[], NodeReport]
+    ) -> None:
+        self._on_event, self._on_command, self._report = on_event, on_command, report
+        self._tasks = [
+            asyncio.create_task(self._tail(), name="backplane-tail"),
+            asyncio.create_task(self._presence(), name="backplane-presence"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        with contextlib.suppress(RedisError, OSError):
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.zrem(self.nodes_key, self.node)
+                pipe.delete(self.node_key, self.users_key)
+                await pipe.execute()
+        await self.redis.aclose()
+        await self._tail_redis.aclose()
+
+    @property
+    def ready(self) -> bool:
+        # A tail that has not read for a while is as bad as one that failed: never deaf silently.
+        return self._tail_ok and time.monotonic() - self._last_read < BLOCK_MS / 1000 + 5
+
+    @contextlib.asynccontextmanager
+    async def _reachable(self) -> AsyncIterator[None]:
+        try:
+            yield
+        except (RedisError, OSError) as exc:
+            raise BackplaneUnavailable(f"Redis is unreachable ({type(exc).__name__})", self.retry_after) from None
+
+    # --- events ---------------------------------------------------------------------------
+
+    async def publish(self, events: Sequence[OutgoingEvent]) -> list[str]:
+        args: list[Any] = [self.settings.history.max_events, self.settings.admin.idempotency_ttl_seconds, self.idem_prefix]
+        for event in events:
+            args += [event.type, event.data_json, orjson.dumps(event.rooms), event.idempotency_key or ""]
+        async with self._reachable():
+            ids = await self._publish_script(keys=[self.stream, self.floor_key, self.added_key], args=args)
+        return [_id(raw) for raw in ids]
+
+    async def command(self, command: dict[str, Any]) -> None:
+        async with self._reachable():
+            await self._command_script(
+                keys=[self.stream, self.floor_key, self.added_key],
+                args=[self.settings.history.max_events, orjson.dumps(command)],
+            )
+
+    async def _tail(self) -> None:
+        """Read the stream forever, from where this process left off; reconnect with backoff."""
+        last: str | None = None
+        backoff = 0.1
+        while True:
+            try:
+                if last is None:
+                    last = await self._position()
+                reply = await self._tail_redis.xread({self.stream: last}, block=BLOCK_MS, count=1000)
+                if not self._tail_ok:
+                    log.info("backplane tail connected", extra={"node": self.node, "from": last})
+                self._tail_ok, self._last_read, backoff = True, time.monotonic(), 0.1
+                for _, entries in reply:
+                    for raw_id, fields in entries:
+                        last = _id(raw_id)
+                        self._dispatch(last, fields)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if self._tail_ok or backoff == 0.1:
+                    log.error("backplane tail lost: retrying", extra={"node": self.node, "error": repr(exc)})
+                self._tail_ok = False
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    def _dispatch(self, event_id: str, fields: dict[bytes, bytes]) -> None:
+        try:
+            if b"cmd" in fields:
+                assert self._on_command is not None
+                self._on_command(orjson.loads(fields[b"cmd"]))
+                return
+            event = _parse_entry(event_id, fields)
+        except (KeyError, ValueError, TypeError) as exc:
+            log.error("skipped a malformed stream entry", extra={"id": event_id, "error": repr(exc)})
+            return
+        assert self._on_event is not None
+        self._on_event(event)
+
+    async def _position(self) -> str:
+        await self._ensure_script(keys=[self.stream, self.floor_key])
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.xrevrange(self.stream, "+", "-", count=1)
+            pipe.get(self.floor_key)
+            newest, floor = await pipe.execute()
+        return _id(newest[0][0]) if newest else _id(floor)
+
+    async def position(self) -> str:
+        async with self._reachable():
+            return await self._position()
+
+    async def history(self, after: str, rooms: Collection[str]) -> list[Event]:
+        after_id = parse_after(after)
+        async with self._reachable(), self.redis.pipeline(transaction=True) as pipe:
+            pipe.get(self.floor_key)
+            pipe.get(self.added_key)
+            pipe.xlen(self.stream)
+            pipe.xrange(self.stream, "-", "+", count=1)
+            pipe.xrevrange(self.stream, "+", "-", count=1)
+            pipe.xrange(self.stream, f"({after}", "+")
+            floor_raw, added, length, first, newest, entries = await pipe.execute()
+        if floor_raw is None:
+            raise HistoryExpired(after)  # the stream was lost (e.g. Redis restarted empty)
+        floor = parse_event_id(_id(floor_raw))
+        assert floor is not None
+        if int(added or 0) > length:
+            # Trimming removed entries; the newest removed one is older than the first kept.
+            first_kept = parse_event_id(_id(first[0][0])) if first else None
+            floor = max(floor, _just_before(first_kept) if first_kept else floor)
+        last = parse_event_id(_id(newest[0][0])) if newest else floor
+        assert last is not None
+        if not is_recoverable(after_id, floor, last):
+            raise HistoryExpired(after)
+        events = []
+        for raw_id, fields in entries:
+            if b"cmd" not in fields:
+                with contextlib.suppress(KeyError, ValueError, TypeError):
+                    events.append(_parse_entry(_id(raw_id), fields))
+        return select_missed(events, after_id, rooms)
+
+    # --- presence and stats ---------------------------------------------------------------
+
+    def mark_user(self, user_id: str) -> None:
+        self._dirty_users.add(user_id)
+
+    async def _presence(self) -> None:
+        """Refresh this process's presence: changed users often, everything every ttl/3."""
+        next_full = 0.0
+        while True:
+            try:
+                now = time.monotonic()
+                if now >= next_full:
+                    self._dirty_users.clear()
+                    await self._write_presence(full=True)
+                    next_full = now + self.ttl_ms / 3000
+                elif self._dirty_users:
+                    await self._write_presence(full=False)
+                await asyncio.sleep(PRESENCE_FLUSH_SECONDS)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                next_full = 0.0  # write everything again once Redis is back
+                await asyncio.sleep(1.0)
+
+    async def _write_presence(self, full: bool) -> None:
+        assert self._report is not None
+        report = self._report()
+        expires = int(time.time() * 1000) + self.ttl_ms
+        async with self.redis.pipeline(transaction=True) as pipe:
+            if full:
+                pipe.delete(self.users_key)
+                if report.users:
+                    pipe.hset(self.users_key, mapping=report.users)  # type: ignore[arg-type]
+            else:
+                dirty, self._dirty_users = self._dirty_users, set()
+                for user in dirty:
+                    count = report.users.get(user, 0)
+                    if count:
+                        pipe.hset(self.users_key, user, count)
+                    else:
+                        pipe.hdel(self.users_key, user)
+            pipe.hset(
+                self.node_key,
+                mapping={
+                    "connections": report.connections,
+                    "by_transport": orjson.dumps(report.by_transport),
+                    "delivered": report.events_delivered,
+                    "accepted": report.events_accepted,
+                },
+            )
+            pipe.pexpire(self.users_key, self.ttl_ms)
+            pipe.pexpire(self.node_key, self.ttl_ms)
+            pipe.zadd(self.nodes_key, {self.node: expires})
+            pipe.zremrangebyscore(self.nodes_key, "-inf", int(time.time() * 1000))
+            await pipe.execute()
+        if full:
+            # Age limit of the history; the length limit is applied by every XADD.
+            oldest_ms = int(time.time() * 1000) - self.settings.history.max_age_seconds * 1000
+            await self.redis.xtrim(self.stream, minid=f"{oldest_ms}-0", approximate=True)
+
+    async def _live_nodes(self) -> list[str]:
+        names = await self.redis.zrangebyscore(self.nodes_key, int(time.time() * 1000), "+inf")
+        return [_id(name) for name in names]
+
+    async def presence(self, user_id: str) -> int:
+        async with self._reachable():
+            nodes = await self._live_nodes()
+            if not nodes:
+                return 0
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for node in nodes:
+                    pipe.hget(f"{self._node_key(node)}:users", user_id)
+                counts = await pipe.execute()
+        return sum(int(count) for count in counts if count)
+
+    async def nodes(self) -> list[NodeReport]:
+        async with self._reachable():
+            names = await self._live_nodes()
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for node in names:
+                    pipe.hgetall(self._node_key(node))
+                stats = await pipe.execute()
+        reports = []
+        for name, fields in zip(names, stats, strict=True):
+            if fields:
+                reports.append(
+                    NodeReport(
+                        node=name,
+                        connections=int(fields.get(b"connections", 0)),
+                        by_transport=orjson.loads(fields.get(b"by_transport", b"{}")),
+                        events_delivered=int(fields.get(b"delivered", 0)),
+                        events_accepted=int(fields.get(b"accepted", 0)),
+                    )
+                )
+        return reports
+
+    # --- Socket.IO sessions for connection-state recovery ------------------------------------
+
+    async def save_session(self, pid: str, state: dict[str, Any], ttl: int) -> None:
+        async with self._reachable():
+            await self.redis.set(f"{self.session_prefix}{pid}", orjson.dumps(state), ex=ttl)
+
+    async def load_session(self, pid: str) -> dict[str, Any] | None:
+        async with self._reachable():
+            raw = await self.redis.get(f"{self.session_prefix}{pid}")
+        return orjson.loads(raw) if raw else None
+
+
+def _parse_entry(event_id: str, fields: dict[bytes, bytes]) -> Event:
+    """A stream entry → Event; malformed entries (from a direct publisher) raise ValueError."""
+    data = fields[b"data"]
+    orjson.loads(data)  # must be JSON: it is spliced into every client's frame as it is
+    rooms = orjson.loads(fields[b"rooms"])
+    if not isinstance(rooms, list) or not all(isinstance(room, str) for room in rooms):
+        raise ValueError("rooms must be a JSON array of strings")
+    return Event(event_id, fields[b"type"].decode(), data, tuple(rooms))
+
+
+def _just_before(event_id: EventId) -> EventId:
+    ms, seq = event_id
+    return (ms, seq - 1) if seq > 0 else (ms - 1, 2**64 - 1)
+
+
+__all__ = ["RedisBackplane", "format_event_id"]
