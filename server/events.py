@@ -54,15 +54,16 @@ class Event:
     type: str
     data_json: bytes
     rooms: tuple[str, ...]
+    sort_key: EventId = field(init=False, repr=False)
     _ws_frame: bytes | None = field(default=None, repr=False)
     _sio_payload: bytes | None = field(default=None, repr=False)
     _sio_frame: bytes | None = field(default=None, repr=False)
 
-    @property
-    def sort_key(self) -> EventId:
+    def __post_init__(self) -> None:
         parsed = parse_event_id(self.id)
-        assert parsed is not None
-        return parsed
+        if parsed is None:
+            raise ValueError(f"not an event id: {self.id!r}")
+        self.sort_key = parsed
 
     @property
     def ws_frame(self) -> bytes:

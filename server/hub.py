@@ -36,6 +36,9 @@ class Connection(ABC):
         self.closed = False
         # Live events wait here while missed events are replayed (see ``release``).
         self._held: list[Event] | None = []
+        # After a replay, live events up to this id were already sent: this process's tail can
+        # lag behind the history it replayed from (Redis), so they may still arrive.
+        self._sent_up_to: EventId | None = None
         self._rate = rate
         self._burst = float(burst)
         self._tokens = float(burst)
@@ -48,7 +51,12 @@ class Connection(ABC):
     def deliver(self, event: Event) -> None:
         if self._held is not None:
             self._held.append(event)
-        elif not self.closed:
+            return
+        if self._sent_up_to is not None:
+            if event.sort_key <= self._sent_up_to:
+                return
+            self._sent_up_to = None  # the tail is past the replay: events arrive in id order
+        if not self.closed:
             self.send_event(event)
 
     def release(self, replay: Iterable[Event], after: EventId | None) -> None:
@@ -61,6 +69,8 @@ class Connection(ABC):
         for event in held:
             if last is None or event.sort_key > last:
                 self.send_event(event)
+                last = event.sort_key
+        self._sent_up_to = last
 
     def allow_message(self) -> bool:
         """Token bucket for client-to-server messages (contract: 4429 when exceeded)."""
