@@ -20,6 +20,8 @@ import socketio
 from aiohttp import web
 from engineio import packet as eio_packet
 from engineio.async_socket import AsyncSocket
+from engineio.exceptions import QueueEmpty
+from engineio.payload import Payload
 from socketio import packet as sio_packet
 
 from handlers.subscriptions import SubscriptionError, base_rooms, store_rooms, valid_id
@@ -59,6 +61,33 @@ def _websocket_driver(compress: bool) -> type:
     return RawWebSocket
 
 
+async def _bounded_poll(self: AsyncSocket) -> list[eio_packet.Packet]:
+    """Engine.IO's ``poll`` with at most ``Payload.max_decode_packets`` packets per response.
+
+    python-engineio's own client refuses a long-polling payload of more packets than that (16)
+    and drops the connection; the rest stay queued for the next poll.
+    """
+    try:
+        first = await asyncio.wait_for(self.queue.get(), self.server.ping_interval + self.server.ping_timeout)
+        self.queue.task_done()
+    except (TimeoutError, asyncio.CancelledError):
+        raise QueueEmpty() from None
+    if first is None:
+        return []
+    packets = [first]
+    while len(packets) < Payload.max_decode_packets:
+        try:
+            pkt = self.queue.get_nowait()
+        except asyncio.QueueEmpty:
+            break
+        self.queue.task_done()
+        if pkt is None:
+            self.queue.put_nowait(None)
+            break
+        packets.append(pkt)
+    return packets
+
+
 class _CountedPacket(eio_packet.Packet):  # type: ignore[misc]
     """An Engine.IO MESSAGE queued for a socket; counts as pending until it is encoded (written)."""
 
@@ -80,6 +109,7 @@ class RealtimeServer(socketio.AsyncServer):  # type: ignore[misc]
 
     def __init__(self, send_buffer_bytes: int, compress: bool, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        AsyncSocket.poll = _bounded_poll  # process-wide and idempotent: see _bounded_poll
         self.eio._async = dict(self.eio._async, websocket=_websocket_driver(compress))
         self.send_buffer_bytes = send_buffer_bytes
         self.queued: dict[str, int] = {}  # eio sid -> packets waiting in Engine.IO's queue
@@ -288,6 +318,10 @@ class SocketIOEndpoint:
             conn.closed = True
             self.server.queued.pop(conn.eio_sid, None)
             self.node.disconnect(conn, str(reason))
+            sock = self.server.eio.sockets.get(conn.eio_sid)
+            if sock is not None and not sock.upgraded:
+                # Answer a long-poll still waiting, or it (and the client) hangs for ping_timeout.
+                sock.queue.put_nowait(eio_packet.Packet(eio_packet.NOOP))
 
     async def on_subscribe(self, sid: str, data: Any = None) -> dict[str, Any]:
         return await self._change(sid, data, subscribe=True)

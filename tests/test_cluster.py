@@ -1,0 +1,235 @@
+"""Many processes act as one through Redis (real processes, a private redis-server)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.clients import ADMIN_KEY, Live, make_token, recv, recv_close
+from tests.redis_server import RedisServer
+from tests.server_process import ServerProcess
+
+
+@pytest.fixture
+def redis() -> Iterator[RedisServer]:
+    """A redis-server of this test's own: fault tests stop and restart it."""
+    server = RedisServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def config_file() -> Iterator[str]:
+    """Short presence expiry, so a killed process is forgotten quickly."""
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as handle:
+        handle.write("redis:\n  presence_ttl_seconds: 1.5\n  retry_after_seconds: 1\n")
+    yield handle.name
+    os.unlink(handle.name)
+
+
+@pytest.fixture
+async def cluster(redis: RedisServer, config_file: str) -> AsyncIterator[list[Live]]:
+    processes = [
+        ServerProcess({"REDIS_URL": redis.url, "CONFIG_FILE": config_file}, name=f"node-{i}") for i in range(2)
+    ]
+    await asyncio.gather(*(asyncio.to_thread(p.start) for p in processes))
+    session = aiohttp.ClientSession()
+    nodes = [Live(base=p.base, app=p, session=session, admin_key=ADMIN_KEY) for p in processes]
+    await wait_until(lambda: all_ready(nodes), what="both processes ready")
+    yield nodes
+    await session.close()
+    for process in processes:
+        process.kill()
+        print(process.output()[-3000:])  # shown by pytest when the test failed
+
+
+async def all_ready(nodes: list[Live]) -> bool:
+    for node in nodes:
+        async with node.session.get(f"{node.base}/readyz") as resp:
+            if resp.status != 200:
+                return False
+    return True
+
+
+async def wait_until(check: Callable[[], Awaitable[Any]], what: str, timeout: float = 10) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = await check()
+        if result:
+            return result
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def store_event(seq: int) -> dict[str, Any]:
+    return {"type": "store_updated", "data": {"storeId": "s1", "store": {}, "seq": seq}}
+
+
+async def test_events_posted_anywhere_reach_every_client_once_in_one_order(cluster: list[Live]) -> None:
+    a, b = cluster
+    ws_a, _ = await a.ws_ready(token=make_token("u1"))
+    ws_b, _ = await b.ws_ready(token=make_token("u2"))
+    sio_a = await a.sio({"token": make_token("u3")})
+    sio_b = await b.sio({"token": make_token("u4")}, transports=["polling"])
+    total = 40
+    published: list[str] = []
+
+    async def post(seq: int) -> None:
+        status, body = await cluster[seq % 2].post(store_event(seq))
+        assert status == 202
+        published.extend(body["ids"])
+
+    await asyncio.gather(*(post(seq) for seq in range(total)))
+    order = sorted(published, key=lambda i: tuple(map(int, i.split("-"))))
+    for ws in (ws_a, ws_b):
+        ids = [(await recv(ws))["id"] for _ in range(total)]
+        assert ids == order  # everyone sees the cluster's single order, each event once
+    for client in (sio_a, sio_b):
+        events = await client.wait_for(total, timeout=5)
+        assert [args[-1] for _, args in events] == order
+        await client.close()
+
+
+async def test_idempotency_key_is_honoured_across_processes(cluster: list[Live]) -> None:
+    a, b = cluster
+    ws, _ = await b.ws_ready(token=make_token("u1"))
+    headers = {"Idempotency-Key": "order-77-ready"}
+    first = await a.post(store_event(1), headers=headers)
+    repeat = await b.post(store_event(1), headers=headers)
+    assert first[0] == repeat[0] == 202 and first[1] == repeat[1]
+    assert (await recv(ws))["id"] == first[1]["ids"][0]
+    status, body = await a.post(store_event(2))
+    assert (await recv(ws))["id"] == body["ids"][0]  # the next event, not the repeat
+
+
+async def test_presence_stats_and_disconnect_span_every_process(cluster: list[Live]) -> None:
+    a, b = cluster
+    ws_a, _ = await a.ws_ready(token=make_token("alice"))
+    sio_b = await b.sio({"token": make_token("alice")})
+    bob, _ = await b.ws_ready(token=make_token("bob"))
+
+    async def alice_connections() -> bool:
+        counts = [(await node.get("/api/v1/presence/users/alice"))[1]["connections"] for node in cluster]
+        return counts == [2, 2]
+
+    await wait_until(alice_connections, "alice counted on both processes")
+    status, stats = await a.get("/api/v1/stats")
+    assert status == 200 and stats["connections"] == 3
+    assert stats["byNode"] == {"node-0": 1, "node-1": 2}
+    assert stats["byTransport"] == {"websocket": 2, "socketio": 1}
+
+    status, body = await _post(b, "/api/v1/users/alice/disconnect")
+    assert status == 200 and body == {"disconnected": 2}
+    assert await recv_close(ws_a) == 4001
+    await wait_until(lambda: _true(not sio_b.client.connected), "socket.io client disconnected")
+    # bob, on the same process as one of alice's connections, is untouched
+    _, event = await a.post(store_event(5))
+    assert (await recv(bob))["id"] == event["ids"][0]
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def _post(node: Live, path: str) -> tuple[int, Any]:
+    async with node.session.post(f"{node.base}{path}", headers=node.headers()) as resp:
+        return resp.status, await resp.json()
+
+
+async def test_killed_process_stops_being_counted(cluster: list[Live]) -> None:
+    a, b = cluster
+    on_a, _ = await a.ws_ready(token=make_token("carol"))
+    on_b, _ = await b.ws_ready(token=make_token("carol"))
+
+    async def carol(expected: int) -> bool:
+        return (await a.get("/api/v1/presence/users/carol"))[1]["connections"] == expected
+
+    await wait_until(lambda: carol(2), "carol on both processes")
+    b.app.kill()  # SIGKILL: no clean-up runs
+    await wait_until(lambda: carol(1), "the dead process's connection expiring", timeout=5)
+    status, stats = await a.get("/api/v1/stats")
+    assert list(stats["byNode"]) == ["node-0"]
+    assert not on_a.closed
+    await on_b.close()
+
+
+async def test_redis_outage_refuses_with_503_keeps_clients_and_recovers(cluster: list[Live], redis: RedisServer) -> None:
+    a, b = cluster
+    ws_a, _ = await a.ws_ready(token=make_token("u1"))
+    ws_b, _ = await b.ws_ready(token=make_token("u2"))
+    accepted: list[str] = []
+    refused = 0
+    stop = asyncio.Event()
+
+    async def publisher() -> None:
+        nonlocal refused
+        seq = 0
+        while not stop.is_set():
+            status, body = await cluster[seq % 2].post(store_event(seq))
+            if status == 202:
+                accepted.extend(body["ids"])
+            else:
+                assert status == 503 and body["error"] == "unavailable", body
+                refused += 1
+            seq += 1
+            await asyncio.sleep(0.01)
+
+    task = asyncio.create_task(publisher())
+    await asyncio.sleep(0.3)
+    redis.stop()
+    async with a.session.post(
+        f"{a.base}/api/v1/events", json=store_event(-1), headers=a.headers()
+    ) as resp:
+        assert resp.status == 503 and resp.headers["Retry-After"] == "1"
+    await wait_until(lambda: _none_ready(cluster), "/readyz to answer 503")
+    # Clients stay connected and served while Redis is away.
+    await ws_a.send_json({"type": "ping"})
+    received_a = await _drain_until_pong(ws_a)
+    await asyncio.sleep(0.5)
+    redis.start()
+    await wait_until(lambda: all_ready(cluster), "both processes ready again", timeout=15)
+    await asyncio.sleep(0.5)
+    stop.set()
+    await task
+    assert refused > 0
+    received_b = await _drain(ws_b)
+    received_a += await _drain(ws_a)
+    after_outage = [i for i in accepted if i not in received_a]
+    assert not after_outage, f"accepted but never delivered: {after_outage[:5]}"
+    assert sorted(received_a) == sorted(accepted) and len(received_a) == len(set(received_a))
+    assert sorted(received_b) == sorted(accepted)
+
+
+async def _none_ready(nodes: list[Live]) -> bool:
+    for node in nodes:
+        async with node.session.get(f"{node.base}/readyz") as resp:
+            if resp.status == 200:
+                return False
+    return True
+
+
+async def _drain_until_pong(ws: aiohttp.ClientWebSocketResponse) -> list[str]:
+    ids = []
+    while True:
+        frame = await recv(ws, timeout=5)
+        if frame["type"] == "pong":
+            return ids
+        ids.append(frame["id"])
+
+
+async def _drain(ws: aiohttp.ClientWebSocketResponse) -> list[str]:
+    ids = []
+    while True:
+        try:
+            frame = await recv(ws, timeout=1.0)
+        except TimeoutError:
+            return ids
+        ids.append(frame["id"])
