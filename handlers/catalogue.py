@@ -147,7 +147,7 @@ BUILT_IN: tuple[EventType, ...] = (
     EventType("product_availability_changed", ProductAvailabilityChanged(), to_store),
 )
 
-_FIELD_KINDS: dict[str, Callable[[], fields.Field]] = {
+_FIELD_KINDS: dict[str, Callable[[], fields.Field[Any]]] = {
     "string": lambda: fields.String(required=True),
     "number": lambda: StrictNumber(required=True),
     "integer": lambda: StrictInteger(required=True),
@@ -166,7 +166,7 @@ _AUDIENCES: dict[str, tuple[Audience, str | None]] = {
 def declared_type(name: str, required: Mapping[str, str], audience: str) -> EventType:
     """An event type declared in config.yaml: required fields by kind, and a default audience."""
     default_audience, key_field = _AUDIENCES[audience]
-    declared: dict[str, fields.Field] = {field: _FIELD_KINDS[kind]() for field, kind in required.items()}
+    declared: dict[str, fields.Field[Any]] = {field: _FIELD_KINDS[kind]() for field, kind in required.items()}
     if key_field is not None:
         declared[key_field] = _id_field()
     schema_class = EventData.from_dict(declared, name=f"{name}_data")

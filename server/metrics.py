@@ -17,14 +17,28 @@ class NodeCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         hub = self.node.hub
-        connections = GaugeMetricFamily("realtime_connections", "Open client connections", labels=["transport"])
+        connections = GaugeMetricFamily(
+            "realtime_connections", "Open client connections", labels=["transport"]
+        )
         for transport in ("websocket", "socketio"):
             connections.add_metric([transport], hub.by_transport().get(transport, 0))
         yield connections
-        yield GaugeMetricFamily("realtime_rooms", "Rooms with at least one local connection", value=len(hub.rooms))
-        yield CounterMetricFamily("realtime_events_accepted", "Events accepted by this process's admin API", value=self.node.events_accepted)
-        yield CounterMetricFamily("realtime_deliveries", "Events handed to local connections", value=hub.delivered)
-        yield GaugeMetricFamily("realtime_backplane_ready", "1 when the backplane accepts and carries events", value=int(self.node.backplane.ready))
+        yield GaugeMetricFamily(
+            "realtime_rooms", "Rooms with at least one local connection", value=len(hub.rooms)
+        )
+        yield CounterMetricFamily(
+            "realtime_events_accepted",
+            "Events accepted by this process's admin API",
+            value=self.node.events_accepted,
+        )
+        yield CounterMetricFamily(
+            "realtime_deliveries", "Events handed to local connections", value=hub.delivered
+        )
+        yield GaugeMetricFamily(
+            "realtime_backplane_ready",
+            "1 when the backplane accepts and carries events",
+            value=int(self.node.backplane.ready),
+        )
 
 
 def make_registry(node: Node) -> CollectorRegistry:

@@ -82,7 +82,10 @@ class Node:
         if command.get("op") == DISCONNECT_USER:
             closed = self.hub.close_user(str(command.get("userId")), CLOSE_KICKED, "disconnected")
             if closed:
-                log.info("user disconnected by admin", extra={"userId": command.get("userId"), "connections": closed})
+                log.info(
+                    "user disconnected by admin",
+                    extra={"userId": command.get("userId"), "connections": closed},
+                )
 
     # --- connections ----------------------------------------------------------------------
 

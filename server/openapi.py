@@ -42,7 +42,9 @@ def build_openapi(catalogue: Catalogue) -> dict[str, Any]:
     batch = {
         "type": "object",
         "required": ["events"],
-        "properties": {"events": {"type": "array", "maxItems": 1000, "items": {"$ref": "#/components/schemas/Event"}}},
+        "properties": {
+            "events": {"type": "array", "maxItems": 1000, "items": {"$ref": "#/components/schemas/Event"}}
+        },
     }
     spec.path(
         path="/api/v1/events",
@@ -56,7 +58,9 @@ def build_openapi(catalogue: Catalogue) -> dict[str, Any]:
                 "requestBody": {
                     "required": True,
                     "content": {
-                        "application/json": {"schema": {"oneOf": [{"$ref": "#/components/schemas/Event"}, batch]}}
+                        "application/json": {
+                            "schema": {"oneOf": [{"$ref": "#/components/schemas/Event"}, batch]}
+                        }
                     },
                 },
                 "responses": {
@@ -73,16 +77,33 @@ def build_openapi(catalogue: Catalogue) -> dict[str, Any]:
     )
     spec.path(
         path="/api/v1/stats",
-        operations={"get": {"summary": "Connections and events, cluster-wide", "responses": {"200": {"description": "Stats", **_json("Stats")}}}},
+        operations={
+            "get": {
+                "summary": "Connections and events, cluster-wide",
+                "responses": {"200": {"description": "Stats", **_json("Stats")}},
+            }
+        },
     )
     user_param = [{"in": "path", "name": "userId", "required": True, "schema": {"type": "string"}}]
     spec.path(
         path="/api/v1/presence/users/{userId}",
-        operations={"get": {"summary": "Is the user connected anywhere", "parameters": user_param, "responses": {"200": {"description": "Presence", **_json("Presence")}}}},
+        operations={
+            "get": {
+                "summary": "Is the user connected anywhere",
+                "parameters": user_param,
+                "responses": {"200": {"description": "Presence", **_json("Presence")}},
+            }
+        },
     )
     spec.path(
         path="/api/v1/users/{userId}/disconnect",
-        operations={"post": {"summary": "Close the user's connections on every node (4001)", "parameters": user_param, "responses": {"200": {"description": "How many", **_json("Disconnected")}}}},
+        operations={
+            "post": {
+                "summary": "Close the user's connections on every node (4001)",
+                "parameters": user_param,
+                "responses": {"200": {"description": "How many", **_json("Disconnected")}},
+            }
+        },
     )
     document = spec.to_dict()
     document["security"] = [{"apiKey": []}]

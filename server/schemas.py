@@ -10,7 +10,7 @@ from handlers.catalogue import StrictBoolean
 from handlers.subscriptions import valid_id
 
 
-def _id_list() -> fields.List:
+def _id_list() -> fields.List[Any]:
     def check(value: Any) -> None:
         if not valid_id(value):
             raise ValidationError("must be 1-128 letters, digits or _.:@-")

@@ -34,7 +34,7 @@ class ServerProcess:
         }
         self.process: subprocess.Popen[bytes] | None = None
         # A file, not a pipe: a pipe nobody reads would block a chatty server.
-        self.log = tempfile.TemporaryFile()
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 (closed with the object)
 
     @property
     def base(self) -> str:
@@ -42,8 +42,11 @@ class ServerProcess:
 
     def start(self, timeout: float = 15) -> ServerProcess:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "server"], cwd=REPO, env=self.env,
-            stdout=self.log, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", "server"],
+            cwd=REPO,
+            env=self.env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

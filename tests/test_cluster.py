@@ -38,7 +38,8 @@ def config_file() -> Iterator[str]:
 @pytest.fixture
 async def cluster(redis: RedisServer, config_file: str) -> AsyncIterator[list[Live]]:
     processes = [
-        ServerProcess({"REDIS_URL": redis.url, "CONFIG_FILE": config_file}, name=f"node-{i}") for i in range(2)
+        ServerProcess({"REDIS_URL": redis.url, "CONFIG_FILE": config_file}, name=f"node-{i}")
+        for i in range(2)
     ]
     await asyncio.gather(*(asyncio.to_thread(p.start) for p in processes))
     session = aiohttp.ClientSession()
@@ -59,8 +60,8 @@ async def all_ready(nodes: list[Live]) -> bool:
     return True
 
 
-async def wait_until(check: Callable[[], Awaitable[Any]], what: str, timeout: float = 10) -> Any:
-    deadline = time.monotonic() + timeout
+async def wait_until(check: Callable[[], Awaitable[Any]], what: str, limit: float = 10) -> Any:
+    deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         result = await check()
         if result:
@@ -107,6 +108,7 @@ async def test_idempotency_key_is_honoured_across_processes(cluster: list[Live])
     assert first[0] == repeat[0] == 202 and first[1] == repeat[1]
     assert (await recv(ws))["id"] == first[1]["ids"][0]
     status, body = await a.post(store_event(2))
+    assert status == 202
     assert (await recv(ws))["id"] == body["ids"][0]  # the next event, not the repeat
 
 
@@ -150,18 +152,21 @@ async def test_killed_process_stops_being_counted(cluster: list[Live]) -> None:
     on_b, _ = await b.ws_ready(token=make_token("carol"))
 
     async def carol(expected: int) -> bool:
-        return (await a.get("/api/v1/presence/users/carol"))[1]["connections"] == expected
+        _, presence = await a.get("/api/v1/presence/users/carol")
+        return bool(presence["connections"] == expected)
 
     await wait_until(lambda: carol(2), "carol on both processes")
     b.app.kill()  # SIGKILL: no clean-up runs
-    await wait_until(lambda: carol(1), "the dead process's connection expiring", timeout=5)
+    await wait_until(lambda: carol(1), "the dead process's connection expiring", limit=5)
     status, stats = await a.get("/api/v1/stats")
-    assert list(stats["byNode"]) == ["node-0"]
+    assert status == 200 and list(stats["byNode"]) == ["node-0"]
     assert not on_a.closed
     await on_b.close()
 
 
-async def test_redis_outage_refuses_with_503_keeps_clients_and_recovers(cluster: list[Live], redis: RedisServer) -> None:
+async def test_redis_outage_refuses_with_503_keeps_clients_and_recovers(
+    cluster: list[Live], redis: RedisServer
+) -> None:
     a, b = cluster
     ws_a, _ = await a.ws_ready(token=make_token("u1"))
     ws_b, _ = await b.ws_ready(token=make_token("u2"))
@@ -185,9 +190,7 @@ async def test_redis_outage_refuses_with_503_keeps_clients_and_recovers(cluster:
     task = asyncio.create_task(publisher())
     await asyncio.sleep(0.3)
     redis.stop()
-    async with a.session.post(
-        f"{a.base}/api/v1/events", json=store_event(-1), headers=a.headers()
-    ) as resp:
+    async with a.session.post(f"{a.base}/api/v1/events", json=store_event(-1), headers=a.headers()) as resp:
         assert resp.status == 503 and resp.headers["Retry-After"] == "1"
     await wait_until(lambda: _none_ready(cluster), "/readyz to answer 503")
     # Clients stay connected and served while Redis is away.
@@ -195,7 +198,7 @@ async def test_redis_outage_refuses_with_503_keeps_clients_and_recovers(cluster:
     received_a = await _drain_until_pong(ws_a)
     await asyncio.sleep(0.5)
     redis.start()
-    await wait_until(lambda: all_ready(cluster), "both processes ready again", timeout=15)
+    await wait_until(lambda: all_ready(cluster), "both processes ready again", limit=15)
     await asyncio.sleep(0.5)
     stop.set()
     await task
@@ -217,7 +220,7 @@ async def _none_ready(nodes: list[Live]) -> bool:
 
 
 async def _drain_until_pong(ws: aiohttp.ClientWebSocketResponse) -> list[str]:
-    ids = []
+    ids: list[str] = []
     while True:
         frame = await recv(ws, timeout=5)
         if frame["type"] == "pong":
@@ -226,7 +229,7 @@ async def _drain_until_pong(ws: aiohttp.ClientWebSocketResponse) -> list[str]:
 
 
 async def _drain(ws: aiohttp.ClientWebSocketResponse) -> list[str]:
-    ids = []
+    ids: list[str] = []
     while True:
         try:
             frame = await recv(ws, timeout=1.0)

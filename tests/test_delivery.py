@@ -26,7 +26,12 @@ async def test_order_update_reaches_only_its_customer(live: Live) -> None:
         "id": body["ids"][0],
     }
     events = await alice_sio.wait_for(1)
-    assert events == [("order_updated", ({"orderId": "o1", "order": {"userId": "alice", "status": "ready"}}, body["ids"][0]))]
+    assert events == [
+        (
+            "order_updated",
+            ({"orderId": "o1", "order": {"userId": "alice", "status": "ready"}}, body["ids"][0]),
+        )
+    ]
     await no_message(bob)
     await no_message(viewer)
     await asyncio.sleep(0.1)
@@ -39,8 +44,11 @@ async def test_store_updated_reaches_everyone_once(live: Live) -> None:
     ws, _ = await live.ws_ready(token=make_token("u1"), storeId="s1")
     sio = await live.sio({"token": make_token("u2"), "stores": ["s1"]})
     status, body = await live.post(
-        {"type": "store_availability_changed", "data": {"storeId": "s1", "isActive": False},
-         "to": {"global": True, "stores": ["s1"]}}
+        {
+            "type": "store_availability_changed",
+            "data": {"storeId": "s1", "isActive": False},
+            "to": {"global": True, "stores": ["s1"]},
+        }
     )
     assert status == 202
     assert (await recv(ws))["id"] == body["ids"][0]
@@ -58,7 +66,10 @@ async def test_product_update_reaches_only_store_viewers(live: Live) -> None:
     assert await sio_viewer.call("subscribe", {"storeId": "s1"}) == {"ok": True, "room": "store:s1"}
     for event in (
         {"type": "product_updated", "data": {"storeId": "s1", "product": {"id": "p1", "price": 3}}},
-        {"type": "product_availability_changed", "data": {"storeId": "s1", "productId": "p1", "available": False}},
+        {
+            "type": "product_availability_changed",
+            "data": {"storeId": "s1", "productId": "p1", "available": False},
+        },
     ):
         status, _ = await live.post(event)
         assert status == 202
@@ -76,7 +87,9 @@ async def test_seed_hook_url_and_frames_work_in_insecure_mode(start_server, sett
     connected = await recv(ws)
     assert connected["type"] == "connected"
     assert connected["data"]["userId"] == "42" and "user:42" in connected["data"]["rooms"]
-    status, _ = await live.post({"type": "store_updated", "data": {"storeId": "s9", "store": {"name": "Pizza"}}})
+    status, _ = await live.post(
+        {"type": "store_updated", "data": {"storeId": "s9", "store": {"name": "Pizza"}}}
+    )
     assert status == 202
     frame = await recv(ws)
     assert set(frame) == {"type", "data", "id"}

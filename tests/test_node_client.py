@@ -34,8 +34,12 @@ def node_client() -> Path:
 async def test_official_client_recovers_missed_events(node_client: Path, start_server, settings_for) -> None:
     live: Live = await start_server(settings_for(env={"AUTH_INSECURE": "1"}))
     process = await asyncio.create_subprocess_exec(
-        "node", str(node_client / "recovery.js"), live.base, live.admin_key or "",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        "node",
+        str(node_client / "recovery.js"),
+        live.base,
+        live.admin_key or "",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     stdout, stderr = await asyncio.wait_for(process.communicate(), 30)
     assert process.returncode == 0, (stdout.decode(), stderr.decode())

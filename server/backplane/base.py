@@ -47,9 +47,7 @@ def is_recoverable(after: EventId, floor: EventId, last: EventId) -> bool:
     return floor <= after <= last
 
 
-def select_missed(
-    events: Sequence[Event], after: EventId, rooms: Collection[str]
-) -> list[Event]:
+def select_missed(events: Sequence[Event], after: EventId, rooms: Collection[str]) -> list[Event]:
     """Events after ``after`` addressed to any of ``rooms`` (the history's privacy rule)."""
     wanted = set(rooms)
     return [e for e in events if e.sort_key > after and not wanted.isdisjoint(e.rooms)]

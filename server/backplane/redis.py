@@ -180,12 +180,18 @@ class RedisBackplane(Backplane):
         try:
             yield
         except (RedisError, OSError) as exc:
-            raise BackplaneUnavailable(f"Redis is unreachable ({type(exc).__name__})", self.retry_after) from None
+            raise BackplaneUnavailable(
+                f"Redis is unreachable ({type(exc).__name__})", self.retry_after
+            ) from None
 
     # --- events ---------------------------------------------------------------------------
 
     async def publish(self, events: Sequence[OutgoingEvent]) -> list[str]:
-        args: list[Any] = [self.settings.history.max_events, self.settings.admin.idempotency_ttl_seconds, self.idem_prefix]
+        args: list[Any] = [
+            self.settings.history.max_events,
+            self.settings.admin.idempotency_ttl_seconds,
+            self.idem_prefix,
+        ]
         for event in events:
             args += [event.type, event.data_json, orjson.dumps(event.rooms), event.idempotency_key or ""]
         async with self._reachable():
@@ -207,7 +213,7 @@ class RedisBackplane(Backplane):
             try:
                 if last is None:
                     last = await self._position()
-                reply = await self._tail_redis.xread({self.stream: last}, block=BLOCK_MS, count=1000)
+                reply: Any = await self._tail_redis.xread({self.stream: last}, block=BLOCK_MS, count=1000)
                 if not self._tail_ok:
                     log.info("backplane tail connected", extra={"node": self.node, "from": last})
                 self._tail_ok, self._last_read, backoff = True, time.monotonic(), 0.1
@@ -339,7 +345,7 @@ class RedisBackplane(Backplane):
             await self.redis.xtrim(self.stream, minid=f"{oldest_ms}-0", approximate=True)
 
     async def _live_nodes(self) -> list[str]:
-        names = await self.redis.zrangebyscore(self.nodes_key, int(time.time() * 1000), "+inf")
+        names: Any = await self.redis.zrangebyscore(self.nodes_key, int(time.time() * 1000), "+inf")
         return [_id(name) for name in names]
 
     async def presence(self, user_id: str) -> int:
