@@ -9,21 +9,52 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
 from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validate
 
+from handlers.catalogue import BUILT_IN
+
 DEFAULT_CONFIG_FILE = Path(__file__).resolve().parent.parent / "config.yaml"
 FIELD_TYPES = ("string", "number", "integer", "boolean", "object", "array")
 AUDIENCES = ("global", "store", "user", "explicit")
+# Names a declared event type may not take: the messages the server itself sends on the plain
+# WebSocket, and the event names Socket.IO reserves (clients would take them for those).
+RESERVED_EVENT_TYPES = frozenset(
+    {"connected", "subscribed", "unsubscribed", "pong", "error", "resync"}
+    | {"connect", "connect_error", "disconnect", "disconnecting", "newListener", "removeListener"}
+)
+
+# The contract's environment variables and the setting each one overrides.
+ENV_SETTINGS = {
+    "HOST": "host",
+    "PORT": "port",
+    "LOG_LEVEL": "log_level",
+    "LOG_FORMAT": "log_format",
+    "REDIS_URL": "redis.url",
+    "JWT_SECRET": "auth.jwt_secret",
+    "JWT_PUBLIC_KEY": "auth.jwt_public_key",
+    "AUTH_INSECURE": "auth.insecure",
+    "ADMIN_API_KEYS": "admin.api_keys",
+    "CORS_ALLOWED_ORIGINS": "cors_allowed_origins",
+}
 
 
 class ConfigError(Exception):
-    """A setting is missing or wrong; the message is one line naming it."""
+    """A setting is missing or wrong; the message is one line naming it.
+
+    ``log_format`` is the format the error should be logged in ("text" or "json"), when the
+    settings got far enough to say.
+    """
+
+    def __init__(self, message: str, log_format: str | None = None) -> None:
+        super().__init__(message)
+        self.log_format = log_format
 
 
 @dataclass(frozen=True)
@@ -198,9 +229,7 @@ class _SettingsSchema(_Section):
     host = fields.String(validate=validate.Length(min=1))
     port = fields.Integer(validate=validate.Range(min=0, max=65535))
     node_name = fields.String(allow_none=True)
-    log_level = fields.String(
-        validate=validate.OneOf(["debug", "info", "warning", "error", "critical"])
-    )
+    log_level = fields.String(validate=validate.OneOf(["debug", "info", "warning", "error", "critical"]))
     log_format = fields.String(validate=validate.OneOf(["text", "json"]))
     shutdown_timeout_seconds = fields.Float(validate=_positive)
     cors_allowed_origins = fields.List(fields.String(validate=validate.Length(min=1)))
@@ -222,6 +251,8 @@ class _SettingsSchema(_Section):
 
 # --- loading -------------------------------------------------------------------------------
 
+_SECTIONS = ("auth", "admin", "websocket", "history", "redis", "event_types")
+
 
 def _csv(value: str) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()]
@@ -238,16 +269,9 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
             node = node.setdefault(name, {})
         node[leaf] = value
 
-    simple = {
-        "HOST": "host",
-        "PORT": "port",
-        "LOG_LEVEL": "log_level",
-        "LOG_FORMAT": "log_format",
-        "REDIS_URL": "redis.url",
-        "JWT_SECRET": "auth.jwt_secret",
-        "JWT_PUBLIC_KEY": "auth.jwt_public_key",
-    }
-    for var, path in simple.items():
+    simple = ("HOST", "PORT", "LOG_LEVEL", "LOG_FORMAT", "REDIS_URL", "JWT_SECRET", "JWT_PUBLIC_KEY")
+    for var in simple:
+        path = ENV_SETTINGS[var]
         if env.get(var):
             value: Any = env[var]
             if var in ("LOG_LEVEL", "LOG_FORMAT"):
@@ -265,25 +289,47 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
 def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
+        current = merged.get(key)
+        if isinstance(value, dict) and isinstance(current, dict):
+            merged[key] = _merge(current, value)
+        elif isinstance(value, dict) and current is not None:
+            continue  # the file has something other than a section here: keep it, validation names it
         else:
             merged[key] = value
     return merged
 
 
-def _first_error(messages: Any, path: str = "") -> str:
-    """Flatten marshmallow's nested error dict into 'a.b: message' (the first one)."""
-    if isinstance(messages, dict):
-        key, value = next(iter(messages.items()))
+def _first_error(messages: Any) -> tuple[list[str], str]:
+    """The first of marshmallow's nested errors: the path of the setting and what is wrong."""
+    path: list[str] = []
+    while isinstance(messages, dict):
+        key, messages = next(iter(messages.items()))
         if key == "_schema":
-            return _first_error(value, path)
-        if isinstance(value, list) and value == ["Unknown field."]:
-            return f"{path}{key}: unknown setting"
-        return _first_error(value, f"{path}{key}." if path or key else "")
-    if isinstance(messages, list):
-        return f"{path.rstrip('.')}: {messages[0]}" if path else str(messages[0])
-    return f"{path.rstrip('.')}: {messages}"
+            continue
+        if messages == ["Unknown field."]:
+            return [*path, str(key)], "unknown setting"
+        path.append(str(key))
+        if _is_dict_entry(path) and isinstance(messages, dict):
+            # A dict setting nests each entry's errors under "key" (its name) or "value".
+            messages = next(iter(messages.values()))
+    if isinstance(messages, list) and messages:
+        messages = messages[0]
+    return path, str(messages)
+
+
+def _is_dict_entry(path: list[str]) -> bool:
+    """``event_types.NAME`` and ``event_types.NAME.fields.FIELD``: entries of a dict setting."""
+    return path[0] == "event_types" and (len(path) == 2 or (len(path) == 4 and path[2] == "fields"))
+
+
+def _setting_name(path: list[str], env: Mapping[str, str]) -> str:
+    """How to name a setting in an error: its environment variable when that is what set it."""
+    dotted = ".".join(path)
+    for var, setting in ENV_SETTINGS.items():
+        overridden = var in env if var == "AUTH_INSECURE" else bool(env.get(var))
+        if overridden and (dotted == setting or dotted.startswith(setting + ".")):
+            return var
+    return dotted
 
 
 def _read_file(path: Path) -> dict[str, Any]:
@@ -301,7 +347,8 @@ def _read_file(path: Path) -> dict[str, Any]:
         return {}
     if not isinstance(tree, dict):
         raise ConfigError(f"CONFIG_FILE: {path} must hold a mapping of settings")
-    return tree
+    # A section whose keys are all commented out is YAML null: read it as an empty section.
+    return {key: {} if value is None and key in _SECTIONS else value for key, value in tree.items()}
 
 
 def default_node_name(env: Mapping[str, str]) -> str:
@@ -313,18 +360,26 @@ def load_settings(
 ) -> Settings:
     """Read the config file, apply environment variables, then ``overrides`` (for tests)."""
     env = os.environ if env is None else env
-    path = Path(env["CONFIG_FILE"]) if env.get("CONFIG_FILE") else DEFAULT_CONFIG_FILE
-    tree = _read_file(path) if (env.get("CONFIG_FILE") or path.exists()) else {}
-    tree = _merge(tree, _env_overrides(env))
-    if overrides:
-        tree = _merge(tree, dict(overrides))
+    tree: dict[str, Any] = {}
     try:
-        settings: Settings = _SettingsSchema().load(tree)
-    except ValidationError as exc:
-        raise ConfigError(_first_error(exc.messages)) from None
-    if not settings.node_name:
-        settings = replace(settings, node_name=default_node_name(env))
-    check_settings(settings)
+        path = Path(env["CONFIG_FILE"]) if env.get("CONFIG_FILE") else DEFAULT_CONFIG_FILE
+        tree = _read_file(path) if (env.get("CONFIG_FILE") or path.exists()) else {}
+        tree = _merge(tree, _env_overrides(env))
+        if overrides:
+            tree = _merge(tree, dict(overrides))
+        try:
+            settings: Settings = _SettingsSchema().load(tree)
+        except ValidationError as exc:
+            where, what = _first_error(exc.messages)
+            raise ConfigError(f"{_setting_name(where, env)}: {what}") from None
+        if not settings.node_name:
+            settings = replace(settings, node_name=default_node_name(env))
+        check_settings(settings)
+    except ConfigError as exc:
+        # Log the error as the operator asked for logs, if the settings got far enough to say.
+        log_format = tree.get("log_format") or env.get("LOG_FORMAT", "").lower()
+        exc.log_format = log_format if log_format in ("text", "json") else None
+        raise
     return settings
 
 
@@ -341,11 +396,16 @@ def check_settings(settings: Settings) -> None:
             )
         if not settings.admin.api_keys:
             raise ConfigError(
-                "ADMIN_API_KEYS: required to protect the admin API "
-                "(or set AUTH_INSECURE=1 for development)"
+                "ADMIN_API_KEYS: required to protect the admin API (or set AUTH_INSECURE=1 for development)"
             )
         if "*" in settings.cors_allowed_origins:
             raise ConfigError("CORS_ALLOWED_ORIGINS: '*' is allowed only with AUTH_INSECURE=1")
+    built_in = {event_type.name for event_type in BUILT_IN}
+    for name in settings.event_types:
+        if name in built_in:
+            raise ConfigError(f"event_types.{name}: a built-in event type cannot be redefined")
+        if name in RESERVED_EVENT_TYPES:
+            raise ConfigError(f"event_types.{name}: reserved, the server or Socket.IO uses this name")
     if auth.jwt_public_key:
         from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
