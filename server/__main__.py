@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
+from typing import TYPE_CHECKING
 
-import orjson
-import uvloop
-from aiohttp import web
-
-from server.app import create_app
-from server.config import ConfigError, load_settings
+from server.config import ConfigError, Settings, load_settings
 from server.logs import configure_logging
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 log = logging.getLogger("server")
 
@@ -21,12 +19,21 @@ def main() -> int:
     try:
         settings = load_settings()
     except ConfigError as exc:
-        line = f"configuration error: {exc}"
-        if os.environ.get("LOG_FORMAT", "").lower() == "json":
-            line = orjson.dumps({"level": "critical", "message": line}).decode()
-        print(line, file=sys.stderr)
+        # One line, in the log format asked for (json: one JSON object), and no traceback.
+        configure_logging("info", exc.log_format or "text")
+        log.critical("configuration error: %s", " ".join(str(exc).split()))
         return 2
     configure_logging(settings.log_level, settings.log_format)
+    return serve(settings)
+
+
+def serve(settings: Settings) -> int:
+    # Imported only once the settings are good, so that a configuration error is reported fast.
+    import uvloop
+    from aiohttp import web
+
+    from server.app import create_app
+
     if settings.auth.insecure:
         log.warning("AUTH_INSECURE=1: userId and role are trusted from the query; development only")
     app = create_app(settings)
@@ -34,15 +41,36 @@ def main() -> int:
         "server starting",
         extra={"host": settings.host, "port": settings.port, "node": settings.node_name},
     )
-    web.run_app(
-        app,
-        host=settings.host,
-        port=settings.port,
-        print=None,
-        access_log=None,
-        shutdown_timeout=settings.shutdown_timeout_seconds / 2,
-        loop=uvloop.new_event_loop(),
-    )
+    stage = "starting"
+
+    async def started(_app: web.Application) -> None:
+        nonlocal stage
+        stage = "binding"
+
+    def listening(*_: object) -> None:  # run_app calls its ``print`` once every socket listens
+        nonlocal stage
+        stage = "listening"
+        log.info("server listening", extra={"host": settings.host, "port": settings.port})
+
+    app.on_startup.append(started)
+    try:
+        web.run_app(
+            app,
+            host=settings.host,
+            port=settings.port,
+            print=listening,
+            access_log=None,
+            shutdown_timeout=settings.shutdown_timeout_seconds / 2,
+            loop=uvloop.new_event_loop(),
+        )
+    except OSError as exc:
+        if stage != "binding":
+            raise
+        # HOST/PORT cannot be used (in use, no such address): one line, not a traceback.
+        log.critical(
+            "HOST/PORT: cannot listen on %s:%s: %s", settings.host, settings.port, exc.strerror or exc
+        )
+        return 1
     log.info("server stopped")
     return 0
 

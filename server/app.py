@@ -77,7 +77,7 @@ def create_app(settings: Settings) -> web.Application:
     async def start(_: web.Application) -> None:
         await node.start()
 
-    async def close_clients(_: web.Application) -> None:
+    async def close_clients(_app: web.Application) -> None:
         """Shutdown: every client is told 1012 (service restart) and reconnects elsewhere."""
         count = len(node.hub.connections)
         node.hub.close_all(CLOSE_RESTART, "server restarting")
