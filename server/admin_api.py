@@ -34,14 +34,15 @@ class ApiError(Exception):
         self.headers: dict[str, str] = {}
 
     def response(self) -> web.Response:
-        body: dict[str, Any] = {"error": self.code, "message": self.message}
-        if self.details is not None:
-            body["details"] = self.details
+        # The contract's one shape: ``details`` is always there, empty when there is nothing to add.
+        body = {"error": self.code, "message": self.message, "details": self.details or {}}
         return json_response(body, status=self.status, headers=self.headers)
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json", headers=headers)
+    return web.Response(
+        body=orjson.dumps(body), status=status, content_type="application/json", headers=headers
+    )
 
 
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
@@ -119,7 +120,9 @@ class AdminApi:
             try:
                 items = self.batch_schema.load(body)["events"]
             except ValidationError as exc:
-                raise ApiError(422, "validation_failed", "the batch is malformed", {"fields": _flatten(exc.messages)}) from None
+                raise ApiError(
+                    422, "validation_failed", "the batch is malformed", {"fields": _flatten(exc.messages)}
+                ) from None
             if not items or len(items) > self.settings.admin.max_batch:
                 raise ApiError(
                     422,
@@ -130,7 +133,7 @@ class AdminApi:
         elif isinstance(body, dict):
             items = [body]
         else:
-            raise ApiError(422, "validation_failed", "the body must be an event object or {\"events\": [...]}")
+            raise ApiError(422, "validation_failed", 'the body must be an event object or {"events": [...]}')
         header_key = request.headers.get("Idempotency-Key")
         if header_key is not None and not 0 < len(header_key) <= 255:
             raise ApiError(400, "bad_request", "Idempotency-Key must be 1-255 characters")
