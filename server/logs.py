@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 import time
 from types import TracebackType
 from typing import Any
@@ -52,7 +53,24 @@ def configure_logging(level: str, fmt: str) -> None:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
     logging.captureWarnings(True)
 
+    # What the interpreter would print to stderr by itself goes through the log format too, so
+    # that with LOG_FORMAT=json even that is one JSON object per line.
     def log_uncaught(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
         logging.getLogger("server").critical("uncaught exception", exc_info=(kind, exc, tb))
 
+    def log_unraisable(unraisable: sys.UnraisableHookArgs) -> None:
+        exc = unraisable.exc_value
+        info = (type(exc), exc, unraisable.exc_traceback) if exc is not None else None
+        where = unraisable.err_msg or "Exception ignored in"
+        logging.getLogger("server").error("%s: %r", where, unraisable.object, exc_info=info)
+
+    def log_thread_exception(args: threading.ExceptHookArgs) -> None:
+        if args.exc_type is SystemExit:
+            return
+        thread = args.thread.name if args.thread is not None else "?"
+        info = (args.exc_type, args.exc_value, args.exc_traceback) if args.exc_value is not None else None
+        logging.getLogger("server").critical("uncaught exception in thread %s", thread, exc_info=info)
+
     sys.excepthook = log_uncaught
+    sys.unraisablehook = log_unraisable
+    threading.excepthook = log_thread_exception

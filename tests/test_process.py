@@ -11,6 +11,8 @@ import json
 import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +23,7 @@ import pytest
 import socketio
 
 from tests.clients import SioClient, make_token, recv, recv_close
-from tests.process import REPO, Exited, ServerProcess, running_server, wait_all
+from tests.process import REPO, Exited, ServerProcess, running_server, server_env, wait_all
 from tests.redis_server import free_port
 
 # Recognisable secrets: none of them may ever appear in what the process writes.
@@ -459,6 +461,39 @@ async def test_json_logs_are_one_object_per_line_from_start_to_stop() -> None:
     assert accepted["count"] == 1 and accepted["types"] == ["store_updated"], accepted
     assert messages.index("server starting") < messages.index("client connected")
     assert messages[-1] == "server stopped", messages
+
+
+INTERPRETER_REPORTS = """
+import threading, warnings
+from server.logs import configure_logging
+configure_logging("info", "json")
+class Broken:
+    def __del__(self):
+        raise ValueError("in __del__")
+Broken()
+thread = threading.Thread(target=lambda: 1 / 0)
+thread.start()
+thread.join()
+warnings.warn("a warning")
+raise RuntimeError("uncaught")
+"""
+
+
+def test_json_logs_cover_what_the_interpreter_would_print_itself() -> None:
+    """Exceptions in __del__, in a thread, uncaught, and warnings: JSON lines too, not tracebacks."""
+    result = subprocess.run(
+        [sys.executable, "-c", INTERPRETER_REPORTS],
+        cwd=REPO,
+        env=server_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 1 and result.stdout == ""
+    entries = json_lines(result.stderr)
+    assert [e["level"] for e in entries] == ["error", "critical", "warning", "critical"], entries
+    for entry, error in zip(entries, ("ValueError", "ZeroDivisionError", None, "RuntimeError"), strict=True):
+        assert error is None or error in entry["exception"], entry
 
 
 async def test_log_level_warning_leaves_out_the_info_lines() -> None:
