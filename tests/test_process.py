@@ -86,6 +86,20 @@ async def test_serves_healthz_and_readyz_on_the_host_and_port_from_the_environme
         assert await server.wait_exit(10) == 0
 
 
+async def test_readyz_is_503_while_redis_is_unreachable_and_the_process_still_serves() -> None:
+    """An unreachable REDIS_URL is not a configuration error: the process serves, not ready."""
+    with running_server({**CANARY_ENV, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}) as server:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{server.base}/healthz") as resp:
+                assert resp.status == 200
+            async with session.get(f"{server.base}/readyz") as resp:
+                assert resp.status == 503
+                assert await resp.json() == {"ready": False, "backplane": "redis"}
+        server.signal(signal.SIGTERM)
+        assert await server.wait_exit(10) == 0, server.stderr
+        assert "Traceback" not in server.stderr, server.stderr
+
+
 # --- 2. bad configuration: non-zero exit, one line naming the setting, no traceback -------------
 
 
