@@ -66,6 +66,8 @@ def json_lines(text: str) -> list[dict[str, Any]]:
 async def test_serves_healthz_and_readyz_on_the_host_and_port_from_the_environment(tmp_path: Path) -> None:
     """HOST and PORT override config.yaml's host and port; /healthz and /readyz answer 200."""
     port, file_port = free_port(), free_port()
+    while file_port == port:
+        file_port = free_port()
     config = tmp_path / "config.yaml"
     config.write_text(f"host: 127.0.0.1\nport: {file_port}\n")
     env = {**CANARY_ENV, "CONFIG_FILE": str(config), "HOST": "127.0.0.2", "PORT": str(port)}
@@ -517,8 +519,8 @@ async def test_log_level_warning_leaves_out_the_info_lines() -> None:
     assert [e for e in entries if e["level"] not in ("warning", "error", "critical")] == []
 
 
-async def test_text_logs_by_default() -> None:
-    with running_server(CANARY_ENV) as server:
+async def test_the_shipped_config_yaml_loads_and_logs_are_text_by_default() -> None:
+    with running_server({**CANARY_ENV, "CONFIG_FILE": None}) as server:  # config.yaml at the root
         server.signal(signal.SIGTERM)
         assert await server.wait_exit(10) == 0
         lines = server.stderr.splitlines()
