@@ -14,7 +14,7 @@ import pytest
 
 from tests.clients import ADMIN_KEY, Live, make_token, recv, recv_close
 from tests.redis_server import RedisServer
-from tests.server_process import ServerProcess
+from tests.process import ServerProcess
 
 
 @pytest.fixture
@@ -38,18 +38,22 @@ def config_file() -> Iterator[str]:
 @pytest.fixture
 async def cluster(redis: RedisServer, config_file: str) -> AsyncIterator[list[Live]]:
     processes = [
-        ServerProcess({"REDIS_URL": redis.url, "CONFIG_FILE": config_file}, name=f"node-{i}")
+        ServerProcess(
+            {"REDIS_URL": redis.url, "CONFIG_FILE": config_file, "DYNO": f"node-{i}", "LOG_LEVEL": "warning"}
+        )
         for i in range(2)
     ]
-    await asyncio.gather(*(asyncio.to_thread(p.start) for p in processes))
+    for process in processes:
+        process.start()
+    await asyncio.gather(*(asyncio.to_thread(p.wait_healthy) for p in processes))
     session = aiohttp.ClientSession()
     nodes = [Live(base=p.base, app=p, session=session, admin_key=ADMIN_KEY) for p in processes]
     await wait_until(lambda: all_ready(nodes), what="both processes ready")
     yield nodes
     await session.close()
     for process in processes:
-        process.kill()
-        print(process.output()[-3000:])  # shown by pytest when the test failed
+        process.close()
+        print(process.stderr[-3000:])  # shown by pytest when the test failed
 
 
 async def all_ready(nodes: list[Live]) -> bool:
