@@ -13,8 +13,8 @@ import aiohttp
 import pytest
 
 from tests.clients import ADMIN_KEY, Live, make_token, recv, recv_close
-from tests.redis_server import RedisServer
 from tests.process import ServerProcess
+from tests.redis_server import RedisServer
 
 
 @pytest.fixture
