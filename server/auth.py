@@ -63,10 +63,8 @@ class Authenticator:
         if self.allowed_origins:
             if "*" in self.allowed_origins or origin.rstrip("/") in self.allowed_origins:
                 return
-        elif self.settings.insecure:
-            return
-        elif host and urlsplit(origin).netloc.lower() == host.lower():
-            return
+        elif self.settings.insecure or (host and urlsplit(origin).netloc.lower() == host.lower()):
+            return  # development mode: any origin; otherwise same-origin pages only
         raise AuthError("forbidden", f"origin {origin} is not allowed")
 
     def identify(self, credentials: Credentials) -> Identity:
@@ -103,8 +101,8 @@ class Authenticator:
             key = settings.jwt_public_key
         else:
             key = None
-        if not key:
-            raise AuthError("unauthorized", f"tokens signed with {algorithm} are not accepted")
+        if not key or not isinstance(algorithm, str):
+            raise AuthError("unauthorized", f"tokens signed with {algorithm!r} are not accepted")
         try:
             claims = jwt.decode(
                 token,

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import secrets
 import weakref
+from collections.abc import Coroutine
 from typing import Any, cast
 from urllib.parse import parse_qs
 
@@ -37,6 +38,16 @@ log = logging.getLogger(__name__)
 NAMESPACE = "/"
 MAX_QUEUED_PACKETS = 10_000  # while polling: Engine.IO's queue has no bound of its own
 
+# Closes run as tasks; the loop keeps only weak references to tasks, so they are held here until done.
+_tasks: set[asyncio.Future[Any]] = set()
+
+
+def _spawn(coro: Coroutine[Any, Any, Any]) -> None:
+    task = asyncio.ensure_future(coro)
+    _tasks.add(task)
+    task.add_done_callback(_tasks.discard)
+
+
 # The network transport under each Engine.IO socket that is on the WebSocket transport.
 _transports: weakref.WeakKeyDictionary[AsyncSocket, asyncio.Transport] = weakref.WeakKeyDictionary()
 
@@ -48,8 +59,10 @@ def _websocket_driver(compress: bool) -> type:
     class RawWebSocket(WebSocket):  # type: ignore[misc]
         async def __call__(self, environ: dict[str, Any]) -> web.WebSocketResponse:
             request = environ["aiohttp.request"]
+            # aiohttp refuses a frame of exactly max_msg_size bytes; the setting is the largest allowed
+            # (as Engine.IO's own check of polling bodies has it).
             self._sock = web.WebSocketResponse(
-                max_msg_size=self.server.max_http_buffer_size, compress=compress, timeout=2.0
+                max_msg_size=self.server.max_http_buffer_size + 1, compress=compress, timeout=2.0
             )
             await self._sock.prepare(request)
             self.environ = environ
@@ -169,13 +182,15 @@ class RealtimeServer(socketio.AsyncServer):  # type: ignore[misc]
             transport.close()
             asyncio.get_running_loop().call_later(ABORT_AFTER_SECONDS, transport.abort)
         else:
-            asyncio.ensure_future(sock.close(wait=False, abort=False))
+            _spawn(sock.close(wait=False, abort=False))
 
 
 class SocketIOConnection(Connection):
     transport = "socketio"
 
-    def __init__(self, server: RealtimeServer, node: Node, sid: str, eio_sid: str, identity: Identity) -> None:
+    def __init__(
+        self, server: RealtimeServer, node: Node, sid: str, eio_sid: str, identity: Identity
+    ) -> None:
         settings = node.settings.websocket
         super().__init__(identity, settings.client_messages_per_second, settings.client_messages_burst)
         self.server = server
@@ -201,7 +216,7 @@ class SocketIOConnection(Connection):
         self.closed = True
         if code == CLOSE_KICKED:
             # Meant to be final: tell socket.io-client so (``io server disconnect``).
-            asyncio.ensure_future(self._kick(code, reason))
+            _spawn(self._kick(code, reason))
         else:
             self.server.close_transport(self.eio_sid, code, reason)
 

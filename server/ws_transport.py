@@ -36,6 +36,7 @@ class WebSocketConnection(Connection):
         self.ws = ws
         self._transport = request.transport
         self._limit = settings.send_buffer_bytes
+        self._closing: asyncio.Future[bool] | None = None
 
     def send_event(self, event: Event) -> None:
         self._write(event.ws_frame)
@@ -67,7 +68,13 @@ class WebSocketConnection(Connection):
             transport.close()
             asyncio.get_running_loop().call_later(ABORT_AFTER_SECONDS, transport.abort)
         else:
-            asyncio.ensure_future(self.ws.close(code=code, message=reason.encode()))
+            self._closing = asyncio.ensure_future(self.ws.close(code=code, message=reason.encode()))
+
+    async def wait_closed(self) -> None:
+        """Let a close begun by ``close`` finish: were the handler to return first, aiohttp would
+        close the socket itself with 1000 and the client would never see our code (e.g. 4429)."""
+        if self._closing is not None:
+            await self._closing
 
 
 class WebSocketEndpoint:
@@ -80,7 +87,8 @@ class WebSocketEndpoint:
         ws = web.WebSocketResponse(
             heartbeat=self.settings.heartbeat_seconds,
             compress=self.settings.compression,
-            max_msg_size=self.settings.max_message_bytes,
+            # aiohttp refuses a frame of exactly max_msg_size bytes; the setting is the largest allowed.
+            max_msg_size=self.settings.max_message_bytes + 1,
             timeout=2.0,
         )
         await ws.prepare(request)
@@ -101,7 +109,9 @@ class WebSocketEndpoint:
                         "userId": identity.user_id,
                         "role": identity.role,
                         "rooms": sorted(conn.rooms),
-                        "lastEventId": request.query.get("lastEventId") if resume.recovered else resume.position,
+                        "lastEventId": request.query.get("lastEventId")
+                        if resume.recovered
+                        else resume.position,
                     },
                 }
             )
@@ -110,6 +120,7 @@ class WebSocketEndpoint:
         finally:
             conn.closed = True
             self.node.disconnect(conn, reason)
+        await conn.wait_closed()
         return ws
 
     def _admit(self, request: web.Request) -> tuple[Any, list[str]]:
