@@ -25,6 +25,11 @@ const DEFAULTS = {
 const opt = { ...DEFAULTS };
 for (let i = 2; i < process.argv.length; i++) {
   const a = process.argv[i];
+  if (a === '--help' || a === '-h') {
+    console.log('node loadgen.js [--option value]...  options and defaults:');
+    for (const [k, v] of Object.entries(DEFAULTS)) console.log(`  --${k} ${v === '' ? '(none)' : v}`);
+    process.exit(0);
+  }
   if (!a.startsWith('--') || !(a.slice(2) in DEFAULTS)) throw new Error(`unknown option ${a}`);
   opt[a.slice(2)] = process.argv[++i];
 }
@@ -57,10 +62,19 @@ function statusKb(pid, field) { // VmRSS / VmHWM in kB
   } catch { return NaN; }
 }
 const sum = (xs) => xs.reduce((a, b) => a + b, 0);
+function systemCpu() { // all CPUs, µs: busy (incl. steal) and steal, from /proc/stat
+  try {
+    const f = fs.readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number);
+    const [user, nice, system, , , irq, softirq, steal] = f;
+    const k = 1e6 / CLK_TCK;
+    return { busy: (user + nice + system + irq + softirq + steal) * k, steal: steal * k };
+  } catch { return { busy: NaN, steal: NaN }; }
+}
 function snapshot() {
   const self = process.cpuUsage();
   return {
     t: now(),
+    system: systemCpu(),
     server: sum(PIDS.map(cpuMicros)),
     redis: REDIS_PID ? cpuMicros(REDIS_PID) : NaN,
     self: self.user + self.system,
@@ -96,13 +110,15 @@ let track = { base: 0, hist: new Hist() }; // seq >= base belongs to the current
 const SEQ = Buffer.from('"seq":');
 const TS = Buffer.from('"ts":');
 
-function readNumber(buf, pos) {
-  let end = pos;
-  while (end < buf.length) {
-    const c = buf[end];
-    if ((c >= 48 && c <= 57) || c === 46 || c === 45 || c === 43 || c === 101 || c === 69) end++; else break;
+function readNumber(buf, pos) { // non-negative decimal (int or fraction) straight from bytes
+  let v = 0, c = buf[pos];
+  while (c >= 48 && c <= 57) { v = v * 10 + (c - 48); c = buf[++pos]; }
+  if (c === 46) {
+    let scale = 1;
+    c = buf[++pos];
+    while (c >= 48 && c <= 57) { scale /= 10; v += (c - 48) * scale; c = buf[++pos]; }
   }
-  return Number(buf.toString('latin1', pos, end));
+  return (c === 101 || c === 69) ? NaN : v; // exponent: not produced for our ms timestamps
 }
 
 class Client {
@@ -265,6 +281,10 @@ function windowFigures(a, b) {
     redis_cpu_pct: REDIS_PID ? r(((b.redis - a.redis) / 1e4) / secs, 10) : null,
     loadgen_cpu_us_per_delivery: d ? r((b.self - a.self) / d, 1000) : null,
     loadgen_cpu_pct: r(((b.self - a.self) / 1e4) / secs, 10),
+    // CPU used by everything else on the machine (other tests, daemons, VM steal): noise indicator
+    other_cpu_pct: r(((b.system.busy - a.system.busy) - (b.server - a.server) - (b.self - a.self)
+      - (REDIS_PID ? b.redis - a.redis : 0)) / 1e4 / secs, 10),
+    steal_pct: r(((b.system.steal - a.system.steal) / 1e4) / secs, 10),
   };
 }
 const live = (clients) => clients.filter((c) => c.ready);
@@ -272,6 +292,8 @@ const live = (clients) => clients.filter((c) => c.ready);
 // ---------------------------------------------------------------- workloads
 async function wlLatency(clients) {
   const rate = num('rate'), total = Math.max(1, Math.round(rate * num('duration')));
+  for (let k = 0; k < 5; k++) { await post(storeEvent()); await sleep(1000 / rate); } // warm-up, not counted
+  await sleep(200);
   startTracking(clients);
   const a = snapshot();
   let posted = 0, errors = 0;
@@ -370,7 +392,26 @@ async function wlMemory(targets) {
   }
   out.hwm_kb = serverHwmKb();
   out.loadgen_rss_kb = Math.round(process.memoryUsage().rss / 1024);
+  // Disconnect storm: drop every connection at once (TCP close, no goodbye), then wait (bounded)
+  // until the server's CPU goes quiet; report the CPU it spent on the disconnects.
+  const n = live(clients).length;
+  const a = snapshot();
   for (const c of clients) c.ws && c.ws.terminate();
+  let last = a.server, quietSince = null, t = now();
+  const deadline = t + 60000;
+  while (now() < deadline) {
+    await sleep(250);
+    const cur = sum(PIDS.map(cpuMicros)), tt = now();
+    if ((cur - last) / ((tt - t) * 1000) < 0.05) { if (quietSince == null) quietSince = t; if (tt - quietSince >= 1000) break; } else quietSince = null;
+    last = cur; t = tt;
+  }
+  const b = snapshot();
+  out.disconnect = {
+    connections: n, seconds_until_quiet: Math.round(((quietSince || b.t) - a.t) / 10) / 100,
+    quiet: quietSince != null, server_cpu_ms: Math.round((b.server - a.server) / 1000),
+    server_cpu_us_per_conn: n ? Math.round((b.server - a.server) / n) : null,
+  };
+  log(`memory: ${n} disconnects cost ${out.disconnect.server_cpu_ms} ms server CPU`);
   return out;
 }
 
