@@ -31,6 +31,7 @@ from server.config import Settings
 from server.events import Event, websocket_close_frame, websocket_text_frame
 from server.hub import CLOSE_KICKED, CLOSE_RATE_LIMITED, CLOSE_SLOW_CONSUMER, Connection
 from server.node import Node, Resume
+from server.sio_manager import HubManager
 from server.ws_transport import ABORT_AFTER_SECONDS, bearer_token
 
 log = logging.getLogger(__name__)
@@ -104,16 +105,17 @@ async def _bounded_poll(self: AsyncSocket) -> list[eio_packet.Packet]:
 class _CountedPacket(eio_packet.Packet):  # type: ignore[misc]
     """An Engine.IO MESSAGE queued for a socket; counts as pending until it is encoded (written)."""
 
-    def __init__(self, server: RealtimeServer, eio_sid: str, data: str) -> None:
+    def __init__(self, server: RealtimeServer, eio_sid: str, data: str, size: int) -> None:
         super().__init__(eio_packet.MESSAGE, data=data)
         self._server = server
         self._eio_sid = eio_sid
+        self._size = size
         self._pending = True
 
     def encode(self, b64: bool = False) -> Any:
         if self._pending:
             self._pending = False
-            self._server.dequeued(self._eio_sid)
+            self._server.dequeued(self._eio_sid, self._size)
         return super().encode(b64=b64)
 
 
@@ -125,16 +127,19 @@ class RealtimeServer(socketio.AsyncServer):  # type: ignore[misc]
         AsyncSocket.poll = _bounded_poll  # process-wide and idempotent: see _bounded_poll
         self.eio._async = dict(self.eio._async, websocket=_websocket_driver(compress))
         self.send_buffer_bytes = send_buffer_bytes
-        self.queued: dict[str, int] = {}  # eio sid -> packets waiting in Engine.IO's queue
+        # eio sid -> [packets, bytes] waiting in Engine.IO's queue (a polling client's send buffer)
+        self.queued: dict[str, list[int]] = {}
         self.pids: dict[str, str] = {}  # sid -> private session id sent in CONNECT
         self.pending: dict[str, tuple[SocketIOConnection, Resume]] = {}
 
-    def dequeued(self, eio_sid: str) -> None:
-        left = self.queued.get(eio_sid, 0) - 1
-        if left > 0:
-            self.queued[eio_sid] = left
-        else:
-            self.queued.pop(eio_sid, None)
+    def dequeued(self, eio_sid: str, size: int) -> None:
+        pending = self.queued.get(eio_sid)
+        if pending is None:
+            return
+        pending[0] -= 1
+        pending[1] -= size
+        if pending[0] <= 0:
+            del self.queued[eio_sid]
 
     def write(self, eio_sid: str, payload: bytes, frame: bytes | None = None) -> bool:
         """Send an Engine.IO MESSAGE whose data is ``payload``; False if the client overflowed."""
@@ -147,10 +152,12 @@ class RealtimeServer(socketio.AsyncServer):  # type: ignore[misc]
                 return True
             transport.write(frame if frame is not None else websocket_text_frame(b"4" + payload))
             return transport.get_write_buffer_size() <= self.send_buffer_bytes
-        count = self.queued.get(eio_sid, 0) + 1
-        self.queued[eio_sid] = count
-        sock.queue.put_nowait(_CountedPacket(self, eio_sid, payload.decode()))
-        return count <= MAX_QUEUED_PACKETS
+        pending = self.queued.setdefault(eio_sid, [0, 0])
+        pending[0] += 1
+        pending[1] += len(payload)
+        sock.queue.put_nowait(_CountedPacket(self, eio_sid, payload.decode(), len(payload)))
+        # Bounded in bytes like a WebSocket client's buffer (and in packets: each has a cost of its own).
+        return pending[1] <= self.send_buffer_bytes and pending[0] <= MAX_QUEUED_PACKETS
 
     async def _send_packet(self, eio_sid: str, pkt: sio_packet.Packet) -> None:
         if pkt.packet_type == sio_packet.CONNECT and isinstance(pkt.data, dict):
@@ -238,6 +245,7 @@ class SocketIOEndpoint:
             send_buffer_bytes=ws.send_buffer_bytes,
             compress=ws.compression,
             async_mode="aiohttp",
+            client_manager=HubManager(),
             # Origins are checked at CONNECT, where the refusal can say "forbidden".
             cors_allowed_origins=lambda origin, environ: True,
             ping_interval=ws.heartbeat_seconds,

@@ -385,3 +385,55 @@ async def test_message_over_max_message_bytes_closes_with_1009(
         return not live.node.hub.connections
 
     await eventually(gone)
+
+
+async def test_client_that_stops_polling_is_closed_once_its_queue_holds_more_than_the_send_buffer(
+    start_server: StartServer, settings_for: Callable[..., Settings]
+) -> None:
+    """A long-polling client's events wait in Engine.IO's queue until it polls: that queue is its
+    send buffer, bounded in bytes like a WebSocket client's."""
+    live = await start_server(settings_for(websocket={"send_buffer_bytes": 65536}))
+    reader = await live.sio({"token": make_token("reader"), "stores": ["s1"]})
+    eio = RawEngineIO(live)
+    await eio.open_polling()
+    await eio.post("40" + orjson.dumps({"token": make_token("slow"), "stores": ["s1"]}).decode())
+    assert (await eio.poll())[0].startswith("40")
+
+    def slow_open() -> bool:
+        return any(c.user_id == "slow" and not c.closed for c in live.node.hub.connections)
+
+    pad = "x" * 20_000
+    n = 0
+    while slow_open():
+        assert n < 20, f"{n * 20} KB queued for a client that does not poll, and it is still open"
+        await post_ok(live, product("s1", n, pad))
+        n += 1
+        await reader.wait_for(n)
+
+    async def slow_gone() -> bool:
+        return {c.user_id for c in live.node.hub.connections} == {"reader"}
+
+    await eventually(slow_gone)
+    assert reader.client.connected
+    await reader.close()
+
+
+async def test_admin_disconnect_of_a_polling_client_is_final(live: Live) -> None:
+    client = await live.sio({"token": make_token("alice")}, transports=["polling"])
+    status, answer = await live.post(
+        {"type": "order_updated", "data": {"orderId": "o", "order": {"userId": "alice"}}}
+    )
+    assert status == 202, answer
+    await client.wait_for(1)
+    async with live.session.post(
+        f"{live.base}/api/v1/users/alice/disconnect", headers=live.headers()
+    ) as resp:
+        assert resp.status == 200 and await resp.json() == {"disconnected": 1}
+
+    async def gone() -> bool:
+        return (
+            not client.client.connected and bool(client.disconnect_reasons) and not live.node.hub.connections
+        )
+
+    await eventually(gone)
+    assert client.disconnect_reasons == [socketio.AsyncClient.reason.SERVER_DISCONNECT]
