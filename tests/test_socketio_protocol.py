@@ -361,6 +361,32 @@ async def test_slow_consumer_is_closed_while_a_reader_gets_every_event_in_order(
     await slow.close()
 
 
+async def test_slow_consumer_that_reads_again_gets_its_events_in_order_then_1008(
+    start_server: StartServer, settings_for: Callable[..., Settings]
+) -> None:
+    live = await start_server(settings_for(websocket={"send_buffer_bytes": 65536}))
+    slow = await live.session.ws_connect(f"{live.base}/socket.io/?EIO=4&transport=websocket", autoclose=False)
+    assert (await slow.receive_str(timeout=3)).startswith("0")
+    await slow.send_str("40" + orjson.dumps({"token": make_token("slow"), "stores": ["s1"]}).decode())
+    assert (await slow.receive_str(timeout=3)).startswith("40")
+    pad = "x" * 20_000
+    ids: list[str] = []
+    while any(not c.closed for c in live.node.hub.connections):
+        assert len(ids) < 2000, "40 MB sent and the slow consumer is still open"
+        ids += await post_ok(live, {"events": [product("s1", len(ids) + i, pad) for i in range(10)]})
+    received: list[str] = []
+    while True:
+        msg = await slow.receive(timeout=3)
+        if msg.type != aiohttp.WSMsgType.TEXT:
+            break
+        assert not msg.data.startswith("41"), msg.data
+        received += event_ids([msg.data])
+    # A transport close, not a Socket.IO DISCONNECT (41): the client may reconnect and recover.
+    assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 1008, msg
+    assert received and received == ids[: len(received)]
+    await slow.close()
+
+
 # --- frame size -----------------------------------------------------------------------------------
 
 

@@ -298,6 +298,30 @@ async def test_slow_consumer_is_closed_while_a_reader_gets_every_event_in_order(
     await slow.close()
 
 
+async def test_slow_consumer_that_reads_again_gets_its_events_in_order_then_1008(
+    start_server: StartServer, settings_for: Callable[..., Settings]
+) -> None:
+    live = await start_server(settings_for(websocket={"send_buffer_bytes": 65536}))
+    slow, _ = await live.ws_ready(token=make_token("slow"), storeId="s1")
+    pad = "x" * 20_000
+    ids: list[str] = []
+    while any(not c.closed for c in live.node.hub.connections):
+        assert len(ids) < 2000, "40 MB sent and the slow consumer is still open"
+        status, answer = await live.post({"events": [product("s1", len(ids) + i, pad) for i in range(10)]})
+        assert status == 202, answer
+        ids += answer["ids"]
+    # It reads again at once (before the server gives up on the close handshake and aborts).
+    received: list[str] = []
+    while True:
+        msg = await slow.receive(timeout=3)
+        if msg.type != aiohttp.WSMsgType.TEXT:
+            break
+        received.append(orjson.loads(msg.data)["id"])
+    assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 1008, msg
+    assert received and received == ids[: len(received)]
+    await slow.close()
+
+
 # --- heartbeat ------------------------------------------------------------------------------------
 
 
