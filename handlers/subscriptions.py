@@ -50,7 +50,8 @@ def store_rooms(store_ids: Iterable[object], limit: int) -> list[str]:
 
 
 def parse_store_list(text: str | None) -> list[str]:
-    """``stores=s1,s2`` (query) → ``["s1", "s2"]``."""
+    """``stores=s1,s2`` (query) → ``["s1", "s2"]``; empty items are skipped, so a client that joins
+    an empty list (``stores=``) views no store rather than being refused."""
     if text is None:
         return []
-    return [part.strip() for part in text.split(",")]
+    return [part for part in (item.strip() for item in text.split(",")) if part]
