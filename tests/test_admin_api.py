@@ -397,6 +397,25 @@ async def test_to_replaces_the_default_audience(live: Live, watchers: Watchers) 
     await no_message(bob)
 
 
+async def test_to_roles_and_stores_reach_exactly_those_rooms(live: Live) -> None:
+    driver, _ = await live.ws_ready(token=make_token("d1", "driver"))
+    merchant, _ = await live.ws_ready(token=make_token("m1", "merchant"), storeId="s2")
+    customer, _ = await live.ws_ready(token=make_token("c1"))
+    driver_sio = await live.sio({"token": make_token("d2", "driver")})
+    status, answer = await live.post({**STORE, "to": {"roles": ["driver"]}})
+    assert status == 202, answer
+    assert (await recv(driver))["id"] == answer["ids"][0]
+    assert (await driver_sio.wait_for(1))[0][1][-1] == answer["ids"][0]
+    status, answer = await live.post({**STORE, "to": {"stores": ["s2"], "roles": ["merchant"]}})
+    assert status == 202, answer
+    assert (await recv(merchant))["id"] == answer["ids"][0]
+    await no_message(merchant, 0.1)  # in both rooms, and it arrives once
+    await no_message(customer, 0.1)
+    await no_message(driver, 0)
+    assert len(driver_sio.events) == 1
+    await driver_sio.close()
+
+
 # --- idempotency ----------------------------------------------------------------------------------
 
 

@@ -424,6 +424,19 @@ async def test_insecure_mode_with_configured_origins_still_checks_them(
     assert refused == Outcome(refused="forbidden")
 
 
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_cross_site_page_riding_the_users_cookie_is_refused(
+    start_server: StartServer, settings_for: Callable[..., Settings], transport: str
+) -> None:
+    """Cross-site WebSocket hijacking: the browser sends the cookie along; the Origin gives it away."""
+    live = await start_server(settings_for(auth={"cookie_name": "rt_session"}))
+    cookie = f"rt_session={make_token('u1')}"
+    own = await attempt(live, transport, headers={"Cookie": cookie, "Origin": live.base})
+    assert own == Outcome("u1", "customer")
+    foreign = await attempt(live, transport, headers={"Cookie": cookie, "Origin": "https://evil.example"})
+    assert foreign == Outcome(refused="forbidden")
+
+
 # --- insecure development mode --------------------------------------------------------------------
 
 

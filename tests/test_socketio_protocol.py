@@ -281,6 +281,21 @@ def event_ids(packets: list[str]) -> list[str]:
     return [orjson.loads(p[2:])[-1] for p in packets if p.startswith("42")]
 
 
+async def test_heartbeat_setting_is_the_engine_io_ping_interval(
+    start_server: StartServer, settings_for: Callable[..., Settings]
+) -> None:
+    # Whole seconds: python-engineio truncates the advertised interval to them (int(s) * 1000).
+    live = await start_server(settings_for(websocket={"heartbeat_seconds": 1}))
+    handshake = await RawEngineIO(live).open_polling()
+    assert handshake["pingInterval"] == 1000
+    ws = await live.session.ws_connect(f"{live.base}/socket.io/?EIO=4&transport=websocket", autoclose=False)
+    assert (await ws.receive_str(timeout=3)).startswith("0")
+    await ws.send_str("40" + orjson.dumps({"token": make_token("u1")}).decode())
+    assert (await ws.receive_str(timeout=3)).startswith("40")
+    assert await ws.receive_str(timeout=2) == "2"  # the server's ping, one interval later
+    await ws.close()
+
+
 async def test_events_posted_while_upgrading_arrive_in_order_across_the_upgrade(live: Live) -> None:
     eio = RawEngineIO(live)
     await eio.open_polling()
