@@ -100,7 +100,7 @@ async def test_disconnect_route_needs_the_key(live: Live) -> None:
     ws, _ = await live.ws_ready(token=make_token("alice"))
     status, _, body = await request(live, "POST", "/api/v1/users/alice/disconnect", admin=False)
     assert_error(status, body, 401, "unauthorized")
-    await no_message(ws)
+    await no_message(ws, 0.1)
     await ws.close()
 
 
@@ -341,7 +341,7 @@ async def test_declared_event_types_check_their_field_kinds(
     status, _, answer = await live_post(live, good)
     assert status == 202, answer
     assert (await recv(watchers.ws[0]))["data"] == good["data"]
-    await no_message(watchers.ws[1])
+    await no_message(watchers.ws[1], 0.1)
     await watchers.close()
 
 
@@ -381,20 +381,20 @@ async def test_to_replaces_the_default_audience(live: Live, watchers: Watchers) 
     status, answer = await live.post({**PRODUCT, "to": {"users": ["bob"]}})
     assert status == 202, answer
     assert (await recv(bob))["id"] == answer["ids"][0]
-    await no_message(carol)
-    await no_message(alice)
+    await no_message(carol, 0.1)
+    await no_message(alice, 0.1)
     # An order goes to to.users, not to data.order.userId.
     status, answer = await live.post({**ORDER, "to": {"users": ["bob"]}})
     assert status == 202, answer
     assert (await recv(bob))["type"] == "order_updated"
-    await no_message(alice)
+    await no_message(alice, 0.1)
     # An order falls back to data.order.customerId.
     order = {"type": "order_updated", "data": {"orderId": "o2", "order": {"customerId": "carol"}}}
     status, answer = await live.post(order)
     assert status == 202, answer
     assert (await recv(carol))["data"] == order["data"]
-    await no_message(alice)
-    await no_message(bob)
+    await no_message(alice, 0.1)
+    await no_message(bob, 0.1)
 
 
 async def test_to_roles_and_stores_reach_exactly_those_rooms(live: Live) -> None:
@@ -428,13 +428,13 @@ async def test_idempotency_key_header_repeat_returns_the_first_answer_and_delive
     again = await live_post(live, ORDER, **key)
     assert again[0] == 202 and again[2] == first[2], (first, again)
     assert (await recv(ws))["id"] == first[2]["ids"][0]
-    await no_message(ws)
+    await no_message(ws, 0.1)
     assert len(await sio.wait_for(1)) == 1
     # Another key is another event.
     other = await live_post(live, ORDER, **{"Idempotency-Key": "order-o1-v2"})
     assert other[0] == 202 and other[2]["ids"] != first[2]["ids"], other
     assert (await recv(ws))["id"] == other[2]["ids"][0]
-    await no_message(ws)
+    await no_message(ws, 0.1)
     assert len(await sio.wait_for(2)) == 2
     await asyncio.sleep(0.1)
     assert len(sio.events) == 2, sio.events
@@ -449,7 +449,7 @@ async def test_idempotency_key_header_on_a_batch_covers_the_whole_batch(live: Li
     again = await live_post(live, batch, **{"Idempotency-Key": "batch-1"})
     assert again[0] == 202 and again[2] == first[2], (first, again)
     assert [(await recv(ws))["id"] for _ in range(2)] == first[2]["ids"]
-    await no_message(ws)
+    await no_message(ws, 0.1)
 
 
 async def test_per_event_idempotency_keys_in_a_batch(live: Live) -> None:
@@ -472,11 +472,11 @@ async def test_per_event_idempotency_keys_in_a_batch(live: Live) -> None:
     frames = [await recv(ws) for _ in range(3)]
     assert [f["data"]["n"] for f in frames] == [1, 2, 3]
     assert [f["id"] for f in frames] == [*first[2]["ids"], second[2]["ids"][1]]
-    await no_message(ws)
+    await no_message(ws, 0.1)
     # A single event carrying its own key is deduplicated against the batch's.
     third = await live_post(live, keyed("a", 1))
     assert third[0] == 202 and third[2]["ids"] == [first[2]["ids"][0]], third
-    await no_message(ws)
+    await no_message(ws, 0.1)
 
 
 async def test_refused_request_does_not_use_up_its_idempotency_key(live: Live) -> None:
