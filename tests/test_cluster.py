@@ -240,3 +240,44 @@ async def _drain(ws: aiohttp.ClientWebSocketResponse) -> list[str]:
         except TimeoutError:
             return ids
         ids.append(frame["id"])
+
+
+async def test_client_resumes_on_another_process_without_gap_or_repeat(cluster: list[Live]) -> None:
+    a, b = cluster
+    token = make_token("roamer")
+    total = 60
+    publisher_done = asyncio.Event()
+
+    async def publish() -> None:
+        for seq in range(total):
+            status, _ = await cluster[seq % 2].post(store_event(seq))
+            assert status == 202
+            await asyncio.sleep(0.005)
+        publisher_done.set()
+
+    ws, connected = await a.ws_ready(token=token)
+    last_id = connected["data"]["lastEventId"]
+    task = asyncio.create_task(publish())
+    seqs: list[int] = []
+    hop = 0
+    while len(seqs) < total:
+        for _ in range(7):  # a few events, then the phone switches networks and dyno
+            try:
+                frame = await recv(ws, timeout=3)
+            except TimeoutError:
+                break
+            seqs.append(frame["data"]["seq"])
+            last_id = frame["id"]
+            if len(seqs) == total:
+                break
+        await ws.close()
+        hop += 1
+        ws, connected = await cluster[hop % 2].ws_ready(token=token, lastEventId=last_id)
+        assert connected["data"]["lastEventId"] == last_id
+    await task
+    await ws.close()
+    assert seqs == list(range(total))
+    sio = await b.sio({"token": token, "lastEventId": connected["data"]["lastEventId"]})
+    await asyncio.sleep(0.3)
+    assert sio.events == []  # nothing after the last id: nothing replayed twice
+    await sio.close()
