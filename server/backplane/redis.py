@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 
 BLOCK_MS = 2000
 PRESENCE_FLUSH_SECONDS = 0.1
+STARTUP_WAIT_SECONDS = 2.0
 
 # Sets the floor when the stream is new (or was lost with a Redis restart): ids handed out from
 # now on are above it, and an id from before it is reported as expired, never silently skipped.
@@ -138,7 +139,9 @@ class RedisBackplane(Backplane):
         self._on_command: CommandSink | None = None
         self._report: Callable[[], NodeReport] | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._running = False
         self._tail_ok = False
+        self._connected = asyncio.Event()  # set once the tail has reached Redis
         self._last_read = 0.0
         self._dirty_users: set[str] = set()
 
@@ -151,17 +154,24 @@ class RedisBackplane(Backplane):
         self, on_event: EventSink, on_command: CommandSink, report: Callable[[], NodeReport]
     ) -> None:
         self._on_event, self._on_command, self._report = on_event, on_command, report
+        self._running = True
         self._tasks = [
             asyncio.create_task(self._tail(), name="backplane-tail"),
             asyncio.create_task(self._presence(), name="backplane-presence"),
         ]
+        # Start ready when Redis answers; when it does not, start anyway (503s) and keep trying.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._connected.wait(), STARTUP_WAIT_SECONDS)
 
     async def stop(self) -> None:
+        self._running = False
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        _, pending = await asyncio.wait(self._tasks, timeout=1.0)
+        if pending:
+            # redis-py can hold on to a cancelled blocking XREAD: drop its connection to end it.
+            await self._tail_redis.connection_pool.disconnect(inuse_connections=True)
+            await asyncio.wait(pending, timeout=BLOCK_MS / 1000 + 1)
         with contextlib.suppress(RedisError, OSError):
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.zrem(self.nodes_key, self.node)
@@ -209,14 +219,17 @@ class RedisBackplane(Backplane):
         """Read the stream forever, from where this process left off; reconnect with backoff."""
         last: str | None = None
         backoff = 0.1
-        while True:
+        while self._running:
             try:
                 if last is None:
                     last = await self._position()
-                reply: Any = await self._tail_redis.xread({self.stream: last}, block=BLOCK_MS, count=1000)
                 if not self._tail_ok:
+                    await self._tail_redis.ping()  # ready now, not after a first XREAD's BLOCK
                     log.info("backplane tail connected", extra={"node": self.node, "from": last})
-                self._tail_ok, self._last_read, backoff = True, time.monotonic(), 0.1
+                    self._tail_ok, self._last_read = True, time.monotonic()
+                    self._connected.set()
+                reply: Any = await self._tail_redis.xread({self.stream: last}, block=BLOCK_MS, count=1000)
+                self._last_read, backoff = time.monotonic(), 0.1
                 for _, entries in reply:
                     for raw_id, fields in entries:
                         last = _id(raw_id)
@@ -224,6 +237,8 @@ class RedisBackplane(Backplane):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                if not self._running:
+                    return
                 if self._tail_ok or backoff == 0.1:
                     log.error("backplane tail lost: retrying", extra={"node": self.node, "error": repr(exc)})
                 self._tail_ok = False
@@ -292,7 +307,7 @@ class RedisBackplane(Backplane):
     async def _presence(self) -> None:
         """Refresh this process's presence: changed users often, everything every ttl/3."""
         next_full = 0.0
-        while True:
+        while self._running:
             try:
                 now = time.monotonic()
                 if now >= next_full:
@@ -344,29 +359,33 @@ class RedisBackplane(Backplane):
             oldest_ms = int(time.time() * 1000) - self.settings.history.max_age_seconds * 1000
             await self.redis.xtrim(self.stream, minid=f"{oldest_ms}-0", approximate=True)
 
-    async def _live_nodes(self) -> list[str]:
+    async def _other_nodes(self) -> list[str]:
+        """Live processes other than this one (this one's figures are read locally: fresher)."""
         names: Any = await self.redis.zrangebyscore(self.nodes_key, int(time.time() * 1000), "+inf")
-        return [_id(name) for name in names]
+        return [node for node in map(_id, names) if node != self.node]
 
     async def presence(self, user_id: str) -> int:
+        assert self._report is not None
+        local = self._report().users.get(user_id, 0)
         async with self._reachable():
-            nodes = await self._live_nodes()
+            nodes = await self._other_nodes()
             if not nodes:
-                return 0
+                return local
             async with self.redis.pipeline(transaction=False) as pipe:
                 for node in nodes:
                     pipe.hget(f"{self._node_key(node)}:users", user_id)
                 counts = await pipe.execute()
-        return sum(int(count) for count in counts if count)
+        return local + sum(int(count) for count in counts if count)
 
     async def nodes(self) -> list[NodeReport]:
+        assert self._report is not None
         async with self._reachable():
-            names = await self._live_nodes()
+            names = await self._other_nodes()
             async with self.redis.pipeline(transaction=False) as pipe:
                 for node in names:
                     pipe.hgetall(self._node_key(node))
                 stats = await pipe.execute()
-        reports = []
+        reports = [self._report()]
         for name, fields in zip(names, stats, strict=True):
             if fields:
                 reports.append(
