@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,7 +45,8 @@ class Live:
 
     async def post(self, body: Any, headers: dict[str, str] | None = None) -> tuple[int, Any]:
         async with self.session.post(
-            f"{self.base}/api/v1/events", data=orjson.dumps(body),
+            f"{self.base}/api/v1/events",
+            data=orjson.dumps(body),
             headers={"Content-Type": "application/json", **self.headers(), **(headers or {})},
         ) as resp:
             return resp.status, await resp.json()
@@ -129,10 +131,8 @@ class SioClient:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise AssertionError(f"expected {count} events, got {self.events}")
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.arrived.wait(), remaining)
-            except TimeoutError:
-                pass
         return self.events
 
     async def call(self, event: str, data: Any) -> Any:
