@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import tempfile
 import time
@@ -281,3 +282,33 @@ async def test_client_resumes_on_another_process_without_gap_or_repeat(cluster: 
     await asyncio.sleep(0.3)
     assert sio.events == []  # nothing after the last id: nothing replayed twice
     await sio.close()
+
+
+async def test_socketio_client_resumes_on_another_process_without_gap_or_repeat(cluster: list[Live]) -> None:
+    a, _ = cluster
+    token = make_token("roamer")
+    total = 45
+    ws, connected = await a.ws_ready(token=token)  # where a client that saw nothing resumes from
+    last_id = connected["data"]["lastEventId"]
+    await ws.close()
+
+    async def publish() -> None:
+        for seq in range(total):
+            status, _ = await cluster[seq % 2].post(store_event(seq))
+            assert status == 202
+            await asyncio.sleep(0.005)
+
+    task = asyncio.create_task(publish())
+    seqs: list[int] = []
+    hop = 0
+    while len(seqs) < total:
+        client = await cluster[hop % 2].sio({"token": token, "lastEventId": last_id})
+        with contextlib.suppress(AssertionError):  # fewer arrived: resume from what did
+            await client.wait_for(min(6, total - len(seqs)), timeout=3)
+        await client.close()
+        for _, args in client.events:
+            seqs.append(args[0]["seq"])
+            last_id = args[-1]
+        hop += 1
+    await task
+    assert seqs == list(range(total))
