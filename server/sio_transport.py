@@ -13,7 +13,6 @@ import asyncio
 import logging
 import secrets
 import weakref
-from collections.abc import Coroutine
 from typing import Any, cast
 from urllib.parse import parse_qs
 
@@ -27,6 +26,7 @@ from socketio import packet as sio_packet
 
 from handlers.subscriptions import SubscriptionError, base_rooms, store_rooms, valid_id
 from server.auth import Authenticator, AuthError, Credentials, Identity
+from server.background import spawn
 from server.config import Settings
 from server.events import Event, websocket_close_frame, websocket_text_frame
 from server.hub import CLOSE_KICKED, CLOSE_RATE_LIMITED, CLOSE_SLOW_CONSUMER, Connection
@@ -38,16 +38,6 @@ log = logging.getLogger(__name__)
 
 NAMESPACE = "/"
 MAX_QUEUED_PACKETS = 10_000  # while polling: Engine.IO's queue has no bound of its own
-
-# Closes run as tasks; the loop keeps only weak references to tasks, so they are held here until done.
-_tasks: set[asyncio.Future[Any]] = set()
-
-
-def _spawn(coro: Coroutine[Any, Any, Any]) -> None:
-    task = asyncio.ensure_future(coro)
-    _tasks.add(task)
-    task.add_done_callback(_tasks.discard)
-
 
 # The network transport under each Engine.IO socket that is on the WebSocket transport.
 _transports: weakref.WeakKeyDictionary[AsyncSocket, asyncio.Transport] = weakref.WeakKeyDictionary()
@@ -189,7 +179,7 @@ class RealtimeServer(socketio.AsyncServer):  # type: ignore[misc]
             transport.close()
             asyncio.get_running_loop().call_later(ABORT_AFTER_SECONDS, transport.abort)
         else:
-            _spawn(sock.close(wait=False, abort=False))
+            spawn(sock.close(wait=False, abort=False))
 
 
 class SocketIOConnection(Connection):
@@ -223,7 +213,7 @@ class SocketIOConnection(Connection):
         self.closed = True
         if code == CLOSE_KICKED:
             # Meant to be final: tell socket.io-client so (``io server disconnect``).
-            _spawn(self._kick(code, reason))
+            spawn(self._kick(code, reason))
         else:
             self.server.close_transport(self.eio_sid, code, reason)
 
