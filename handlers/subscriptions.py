@@ -17,16 +17,24 @@ def valid_id(value: object) -> bool:
     return isinstance(value, str) and _ID.fullmatch(value) is not None
 
 
+USER_PREFIX, ROLE_PREFIX, STORE_PREFIX = "user:", "role:", "store:"
+
+
 def user_room(user_id: str) -> str:
-    return f"user:{user_id}"
+    return USER_PREFIX + user_id
 
 
 def role_room(role: str) -> str:
-    return f"role:{role}"
+    return ROLE_PREFIX + role
 
 
 def store_room(store_id: str) -> str:
-    return f"store:{store_id}"
+    return STORE_PREFIX + store_id
+
+
+def viewed_stores(rooms: Iterable[str]) -> list[str]:
+    """The store ids among a connection's rooms."""
+    return sorted(room[len(STORE_PREFIX) :] for room in rooms if room.startswith(STORE_PREFIX))
 
 
 def base_rooms(user_id: str, role: str) -> list[str]:

@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
+from handlers.subscriptions import USER_PREFIX, user_room
 from server.auth import Identity
 from server.events import Event, EventId
 
@@ -142,17 +143,17 @@ class Hub:
             count += 1
         self.delivered += count
 
-    def user_count(self, user_id: str) -> int:
-        return len(self.rooms.get(f"user:{user_id}", ()))
-
     def users(self) -> dict[str, int]:
-        return {room[5:]: len(members) for room, members in self.rooms.items() if room.startswith("user:")}
+        skip = len(USER_PREFIX)
+        return {
+            room[skip:]: len(members) for room, members in self.rooms.items() if room.startswith(USER_PREFIX)
+        }
 
     def by_transport(self) -> dict[str, int]:
         return dict(Counter(conn.transport for conn in self.connections))
 
     def close_user(self, user_id: str, code: int, reason: str) -> int:
-        conns = list(self.rooms.get(f"user:{user_id}", ()))
+        conns = list(self.rooms.get(user_room(user_id), ()))
         for conn in conns:
             conn.close(code, reason)
         return len(conns)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from handlers.subscriptions import SubscriptionError, store_room
+from handlers.subscriptions import SubscriptionError, store_room, viewed_stores
 from server.backplane.base import Backplane, BackplaneUnavailable, HistoryExpired, NodeReport
 from server.config import Settings
 from server.events import Event, EventId, OutgoingEvent, parse_event_id
@@ -140,8 +140,10 @@ class Node:
 
     def subscribe(self, conn: Connection, store_id: str) -> str:
         room = store_room(store_id)
-        stores = sum(1 for r in conn.rooms if r.startswith("store:"))
-        if room not in conn.rooms and stores >= self.settings.websocket.max_stores_per_connection:
+        if (
+            room not in conn.rooms
+            and len(viewed_stores(conn.rooms)) >= self.settings.websocket.max_stores_per_connection
+        ):
             raise SubscriptionError(
                 f"at most {self.settings.websocket.max_stores_per_connection} stores may be viewed at once"
             )

@@ -24,7 +24,7 @@ from engineio.exceptions import QueueEmpty
 from engineio.payload import Payload
 from socketio import packet as sio_packet
 
-from handlers.subscriptions import SubscriptionError, base_rooms, store_rooms, valid_id
+from handlers.subscriptions import SubscriptionError, base_rooms, store_rooms, valid_id, viewed_stores
 from server.auth import Authenticator, AuthError, Credentials, Identity
 from server.background import spawn
 from server.config import Settings
@@ -313,7 +313,7 @@ class SocketIOEndpoint:
         return identity, rooms, after, pid
 
     async def _save_session(self, conn: SocketIOConnection) -> None:
-        stores = sorted(room[6:] for room in conn.rooms if room.startswith("store:"))
+        stores = viewed_stores(conn.rooms)
         try:
             await self.node.backplane.save_session(
                 conn.pid,
