@@ -90,10 +90,11 @@ class AdminApi:
             log.warning("admin API is open: no ADMIN_API_KEYS (AUTH_INSECURE=1)")
 
     def add_routes(self, app: web.Application) -> None:
-        app.router.add_post("/api/v1/events", self.post_events)
-        app.router.add_get("/api/v1/stats", self.stats)
-        app.router.add_get("/api/v1/presence/users/{userId}", self.presence)
-        app.router.add_post("/api/v1/users/{userId}/disconnect", self.disconnect)
+        """Routes of the ``/api/v1`` sub-application (its middlewares: key and error shape)."""
+        app.router.add_post("/events", self.post_events)
+        app.router.add_get("/stats", self.stats)
+        app.router.add_get("/presence/users/{userId}", self.presence)
+        app.router.add_post("/users/{userId}/disconnect", self.disconnect)
 
     @web.middleware
     async def auth_middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:

@@ -30,6 +30,18 @@ class Connection(ABC):
     """One client connection, of either transport. Subclasses only know how to write and close."""
 
     transport: ClassVar[str]
+    # Slots: one of these per client, 10,000s per process.
+    __slots__ = (
+        "_burst",
+        "_held",
+        "_rate",
+        "_refilled",
+        "_sent_up_to",
+        "_tokens",
+        "closed",
+        "identity",
+        "rooms",
+    )
 
     def __init__(self, identity: Identity, rate: float, burst: int) -> None:
         self.identity = identity

@@ -184,6 +184,7 @@ class RealtimeServer(socketio.AsyncServer):  # type: ignore[misc]
 
 class SocketIOConnection(Connection):
     transport = "socketio"
+    __slots__ = ("eio_sid", "node", "pid", "server", "sid")
 
     def __init__(
         self, server: RealtimeServer, node: Node, sid: str, eio_sid: str, identity: Identity

@@ -29,6 +29,7 @@ def bearer_token(header: str | None) -> str | None:
 
 class WebSocketConnection(Connection):
     transport = "websocket"
+    __slots__ = ("_closing", "_limit", "_transport", "ws")
 
     def __init__(self, ws: web.WebSocketResponse, request: web.Request, node: Node, identity: Any) -> None:
         settings = node.settings.websocket
@@ -99,29 +100,31 @@ class WebSocketEndpoint:
             await ws.close(code=exc.close_code, message=exc.message.encode()[:120])
             return ws
         conn = WebSocketConnection(ws, request, self.node, identity)
-        resume = await self.node.connect(conn, rooms, request.query.get("lastEventId"))
         reason = "client closed"
         try:
-            conn.send_message(
-                {
-                    "type": "connected",
-                    "data": {
-                        "userId": identity.user_id,
-                        "role": identity.role,
-                        "rooms": sorted(conn.rooms),
-                        "lastEventId": request.query.get("lastEventId")
-                        if resume.recovered
-                        else resume.position,
-                    },
-                }
-            )
-            self.node.resume(conn, resume)
+            await self._greet(conn, rooms, request.query.get("lastEventId"))
             reason = await self._read(ws, conn)
         finally:
             conn.closed = True
             self.node.disconnect(conn, reason)
         await conn.wait_closed()
         return ws
+
+    async def _greet(self, conn: WebSocketConnection, rooms: list[str], last_event_id: str | None) -> None:
+        """Join the rooms, send ``connected``, then what was missed; the replay is not kept after."""
+        resume = await self.node.connect(conn, rooms, last_event_id)
+        conn.send_message(
+            {
+                "type": "connected",
+                "data": {
+                    "userId": conn.identity.user_id,
+                    "role": conn.identity.role,
+                    "rooms": sorted(conn.rooms),
+                    "lastEventId": last_event_id if resume.recovered else resume.position,
+                },
+            }
+        )
+        self.node.resume(conn, resume)
 
     def _admit(self, request: web.Request) -> tuple[Any, list[str]]:
         query = request.query
