@@ -11,7 +11,7 @@ import logging
 import time
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from typing import Any, ClassVar
 
 from handlers.subscriptions import USER_PREFIX, user_room
@@ -108,26 +108,47 @@ class Connection(ABC):
         """Start closing; the transport calls ``Hub.remove`` once it is gone."""
 
 
+class UserCounts(Mapping[str, int]):
+    """Connections per user, read from the hub's ``user:`` rooms when asked (never copied)."""
+
+    def __init__(self, rooms: dict[str, set[Connection]]) -> None:
+        self._rooms = rooms
+
+    def __getitem__(self, user_id: str) -> int:
+        members = self._rooms.get(user_room(user_id))
+        if not members:
+            raise KeyError(user_id)
+        return len(members)
+
+    def __iter__(self) -> Iterator[str]:
+        skip = len(USER_PREFIX)
+        return iter([room[skip:] for room in self._rooms if room.startswith(USER_PREFIX)])
+
+    def __len__(self) -> int:
+        return sum(1 for room in self._rooms if room.startswith(USER_PREFIX))
+
+
 class Hub:
     def __init__(self) -> None:
         self.rooms: dict[str, set[Connection]] = {}
         self.connections: set[Connection] = set()
         self.delivered = 0
+        self.users = UserCounts(self.rooms)
+        self._by_transport: Counter[str] = Counter()
 
     def add(self, conn: Connection, rooms: Iterable[str]) -> None:
         self.connections.add(conn)
+        self._by_transport[conn.transport] += 1
         for room in rooms:
             self.join(conn, room)
 
     def remove(self, conn: Connection) -> None:
+        if conn not in self.connections:
+            return
         self.connections.discard(conn)
-        for room in conn.rooms:
-            members = self.rooms.get(room)
-            if members is not None:
-                members.discard(conn)
-                if not members:
-                    del self.rooms[room]
-        conn.rooms = set()
+        self._by_transport[conn.transport] -= 1
+        for room in list(conn.rooms):
+            self.leave(conn, room)
 
     def join(self, conn: Connection, room: str) -> None:
         conn.rooms.add(room)
@@ -146,23 +167,15 @@ class Hub:
         rooms = self.rooms
         if len(event.rooms) == 1:
             # A copy: a connection closed for overflowing leaves the room during the loop.
-            targets: Iterable[Connection] = tuple(rooms.get(event.rooms[0], ()))
+            targets: Collection[Connection] = tuple(rooms.get(event.rooms[0], ()))
         else:
             targets = set().union(*(rooms.get(room, ()) for room in event.rooms))
-        count = 0
         for conn in targets:
             conn.deliver(event)
-            count += 1
-        self.delivered += count
-
-    def users(self) -> dict[str, int]:
-        skip = len(USER_PREFIX)
-        return {
-            room[skip:]: len(members) for room, members in self.rooms.items() if room.startswith(USER_PREFIX)
-        }
+        self.delivered += len(targets)
 
     def by_transport(self) -> dict[str, int]:
-        return dict(Counter(conn.transport for conn in self.connections))
+        return {transport: count for transport, count in self._by_transport.items() if count}
 
     def close_user(self, user_id: str, code: int, reason: str) -> int:
         conns = list(self.rooms.get(user_room(user_id), ()))

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from handlers.subscriptions import SubscriptionError, store_room, viewed_stores
+from handlers.subscriptions import store_room, store_rooms, viewed_stores
 from server.backplane.base import Backplane, BackplaneUnavailable, HistoryExpired, NodeReport
 from server.config import Settings
 from server.events import Event, EventId, OutgoingEvent, parse_event_id
@@ -56,7 +56,7 @@ class Node:
             node=self.name,
             connections=len(hub.connections),
             by_transport=hub.by_transport(),
-            users=hub.users(),
+            users=hub.users,
             events_delivered=hub.delivered,
             events_accepted=self.events_accepted,
         )
@@ -66,10 +66,11 @@ class Node:
     async def publish(self, events: Sequence[OutgoingEvent]) -> list[str]:
         ids = await self.backplane.publish(events)
         self.events_accepted += len(events)
-        log.info(
-            "events accepted",
-            extra={"count": len(events), "types": sorted({e.type for e in events}), "first_id": ids[0]},
-        )
+        if log.isEnabledFor(logging.INFO):  # the fields cost something; skip them when not logged
+            log.info(
+                "events accepted",
+                extra={"count": len(events), "types": sorted({e.type for e in events}), "first_id": ids[0]},
+            )
         return ids
 
     async def disconnect_user(self, user_id: str) -> int:
@@ -139,14 +140,9 @@ class Node:
         )
 
     def subscribe(self, conn: Connection, store_id: str) -> str:
+        """Join ``store:{store_id}``; the same rules as stores named at connect (SubscriptionError)."""
+        store_rooms([*viewed_stores(conn.rooms), store_id], self.settings.websocket.max_stores_per_connection)
         room = store_room(store_id)
-        if (
-            room not in conn.rooms
-            and len(viewed_stores(conn.rooms)) >= self.settings.websocket.max_stores_per_connection
-        ):
-            raise SubscriptionError(
-                f"at most {self.settings.websocket.max_stores_per_connection} stores may be viewed at once"
-            )
         self.hub.join(conn, room)
         return room
 

@@ -28,11 +28,11 @@ from handlers.subscriptions import SubscriptionError, base_rooms, store_rooms, v
 from server.auth import Authenticator, AuthError, Credentials, Identity
 from server.background import spawn
 from server.config import Settings
-from server.events import Event, websocket_close_frame, websocket_text_frame
+from server.events import Event, websocket_text_frame
 from server.hub import CLOSE_KICKED, CLOSE_RATE_LIMITED, CLOSE_SLOW_CONSUMER, Connection
 from server.node import Node, Resume
 from server.sio_manager import HubManager
-from server.ws_transport import ABORT_AFTER_SECONDS, bearer_token
+from server.ws_transport import bearer_token, close_websocket
 
 log = logging.getLogger(__name__)
 
@@ -175,9 +175,7 @@ class RealtimeServer(socketio.AsyncServer):  # type: ignore[misc]
             return
         transport = _transports.get(sock)
         if transport is not None and sock.upgraded and not transport.is_closing():
-            transport.write(websocket_close_frame(code, reason))
-            transport.close()
-            asyncio.get_running_loop().call_later(ABORT_AFTER_SECONDS, transport.abort)
+            close_websocket(transport, code, reason)
         else:
             spawn(sock.close(wait=False, abort=False))
 

@@ -21,6 +21,17 @@ log = logging.getLogger(__name__)
 ABORT_AFTER_SECONDS = 2.0
 
 
+def close_websocket(transport: asyncio.Transport, code: int, reason: str) -> None:
+    """Close a WebSocket by writing the close frame after what is queued; abort if not read soon.
+
+    For connections we write to directly (both transports): the frame follows every event already
+    in the buffer, and a client that stopped reading cannot hold the socket open.
+    """
+    transport.write(websocket_close_frame(code, reason))
+    transport.close()
+    asyncio.get_running_loop().call_later(ABORT_AFTER_SECONDS, transport.abort)
+
+
 def bearer_token(header: str | None) -> str | None:
     if header and header[:7].lower() == "bearer ":
         return header[7:].strip() or None
@@ -64,10 +75,7 @@ class WebSocketConnection(Connection):
         if transport is None or transport.is_closing():
             return
         if code == CLOSE_SLOW_CONSUMER or transport.get_write_buffer_size() > self._limit:
-            # Its buffer is full: queue the close frame, and abort if it is not read soon.
-            transport.write(websocket_close_frame(code, reason))
-            transport.close()
-            asyncio.get_running_loop().call_later(ABORT_AFTER_SECONDS, transport.abort)
+            close_websocket(transport, code, reason)  # its buffer is full: aiohttp's close would wait
         else:
             self._closing = asyncio.ensure_future(self.ws.close(code=code, message=reason.encode()))
 

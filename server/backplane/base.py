@@ -8,7 +8,7 @@ same behavioural tests run against both.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,7 +37,7 @@ class NodeReport:
     node: str
     connections: int = 0
     by_transport: dict[str, int] = field(default_factory=dict)
-    users: dict[str, int] = field(default_factory=dict)
+    users: Mapping[str, int] = field(default_factory=dict)
     events_delivered: int = 0
     events_accepted: int = 0
 
