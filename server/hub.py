@@ -11,7 +11,7 @@ import logging
 import time
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Collection, Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 from handlers.subscriptions import USER_PREFIX, user_room
@@ -61,28 +61,33 @@ class Connection(ABC):
     def user_id(self) -> str:
         return self.identity.user_id
 
-    def deliver(self, event: Event) -> None:
+    def deliver(self, events: Sequence[Event]) -> None:
+        """Send ``events`` (in id order, all addressed to this connection) in one write."""
         if self._held is not None:
-            self._held.append(event)
+            self._held.extend(events)
             return
         if self._sent_up_to is not None:
-            if event.sort_key <= self._sent_up_to:
+            sent_up_to = self._sent_up_to
+            events = [event for event in events if event.sort_key > sent_up_to]
+            if not events:
                 return
             self._sent_up_to = None  # the tail is past the replay: events arrive in id order
         if not self.closed:
-            self.send_event(event)
+            self.send_events(events)
 
     def release(self, replay: Iterable[Event], after: EventId | None) -> None:
         """Send the missed events, then the live ones held meanwhile, each once, then go live."""
         last = after
-        for event in replay:
-            self.send_event(event)
-            last = event.sort_key
+        pending = list(replay)
+        if pending:
+            last = pending[-1].sort_key
         held, self._held = self._held or [], None
         for event in held:
             if last is None or event.sort_key > last:
-                self.send_event(event)
+                pending.append(event)
                 last = event.sort_key
+        if pending:
+            self.send_events(pending)
         self._sent_up_to = last
 
     def allow_message(self) -> bool:
@@ -96,8 +101,8 @@ class Connection(ABC):
         return True
 
     @abstractmethod
-    def send_event(self, event: Event) -> None:
-        """Write the event's frame now; never await."""
+    def send_events(self, events: Sequence[Event]) -> None:
+        """Write the events' frames now, in order, in as few writes as the transport allows; never await."""
 
     @abstractmethod
     def send_message(self, message: dict[str, Any]) -> None:
@@ -162,17 +167,41 @@ class Hub:
             if not members:
                 del self.rooms[room]
 
-    def deliver(self, event: Event) -> None:
-        """Hand ``event`` to every local connection in any of its rooms, each exactly once."""
+    def deliver(self, events: Sequence[Event]) -> None:
+        """Hand each event to every local connection in any of its rooms, each exactly once.
+
+        Events that arrive together (a batch POST, one read of the Redis stream) reach each
+        connection as one write: one system call per client instead of one per client and event.
+        """
+        if not events:
+            return
+        rooms = events[0].rooms
+        if all(event.rooms == rooms for event in events):
+            targets = self._targets(rooms)
+            for conn in targets:
+                conn.deliver(events)
+            self.delivered += len(targets) * len(events)
+            return
+        per_connection: dict[Connection, list[Event]] = {}
+        for event in events:
+            for conn in self._targets(event.rooms):
+                if conn in per_connection:
+                    per_connection[conn].append(event)
+                else:
+                    per_connection[conn] = [event]
+        for conn, mine in per_connection.items():
+            conn.deliver(mine)
+            self.delivered += len(mine)
+
+    def _targets(self, event_rooms: tuple[str, ...]) -> Collection[Connection]:
+        """The connections in any of ``event_rooms``, each once.
+
+        Always a copy: a connection closed for overflowing leaves its rooms during delivery.
+        """
         rooms = self.rooms
-        if len(event.rooms) == 1:
-            # A copy: a connection closed for overflowing leaves the room during the loop.
-            targets: Collection[Connection] = tuple(rooms.get(event.rooms[0], ()))
-        else:
-            targets = set().union(*(rooms.get(room, ()) for room in event.rooms))
-        for conn in targets:
-            conn.deliver(event)
-        self.delivered += len(targets)
+        if len(event_rooms) == 1:
+            return tuple(rooms.get(event_rooms[0], ()))
+        return set().union(*(rooms.get(room, ()) for room in event_rooms))
 
     def by_transport(self) -> dict[str, int]:
         return {transport: count for transport, count in self._by_transport.items() if count}

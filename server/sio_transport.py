@@ -13,6 +13,7 @@ import asyncio
 import logging
 import secrets
 import weakref
+from collections.abc import Sequence
 from typing import Any, cast
 from urllib.parse import parse_qs
 
@@ -131,21 +132,44 @@ class RealtimeServer(socketio.AsyncServer):  # type: ignore[misc]
         if pending[0] <= 0:
             del self.queued[eio_sid]
 
-    def write(self, eio_sid: str, payload: bytes, frame: bytes | None = None) -> bool:
+    def write(self, eio_sid: str, payload: bytes) -> bool:
         """Send an Engine.IO MESSAGE whose data is ``payload``; False if the client overflowed."""
+        sock, transport = self._route(eio_sid)
+        if transport is not None:
+            return self._write_frames(transport, websocket_text_frame(b"4" + payload))
+        return sock is None or self._enqueue(sock, eio_sid, (payload,))
+
+    def write_events(self, eio_sid: str, events: Sequence[Event]) -> bool:
+        """Send the events, in one write when on WebSocket; False if the client overflowed."""
+        sock, transport = self._route(eio_sid)
+        if transport is not None:
+            frames = events[0].sio_frame if len(events) == 1 else b"".join([e.sio_frame for e in events])
+            return self._write_frames(transport, frames)
+        return sock is None or self._enqueue(sock, eio_sid, [e.sio_payload for e in events])
+
+    def _route(self, eio_sid: str) -> tuple[AsyncSocket | None, asyncio.Transport | None]:
+        """The socket (None: gone, drop the packet) and its transport if we may write to it directly:
+        on WebSocket with nothing left in Engine.IO's queue to overtake."""
         sock = self.eio.sockets.get(eio_sid)
         if sock is None or sock.closed or sock.closing:
-            return True
+            return None, None
         transport = _transports.get(sock)
         if transport is not None and sock.upgraded and eio_sid not in self.queued and sock.queue.empty():
-            if transport.is_closing():
-                return True
-            transport.write(frame if frame is not None else websocket_text_frame(b"4" + payload))
-            return transport.get_write_buffer_size() <= self.send_buffer_bytes
+            return sock, transport
+        return sock, None
+
+    def _write_frames(self, transport: asyncio.Transport, frames: bytes) -> bool:
+        if transport.is_closing():
+            return True
+        transport.write(frames)
+        return transport.get_write_buffer_size() <= self.send_buffer_bytes
+
+    def _enqueue(self, sock: AsyncSocket, eio_sid: str, payloads: Sequence[bytes]) -> bool:
         pending = self.queued.setdefault(eio_sid, [0, 0])
-        pending[0] += 1
-        pending[1] += len(payload)
-        sock.queue.put_nowait(_CountedPacket(self, eio_sid, payload.decode(), len(payload)))
+        for payload in payloads:
+            pending[0] += 1
+            pending[1] += len(payload)
+            sock.queue.put_nowait(_CountedPacket(self, eio_sid, payload.decode(), len(payload)))
         # Bounded in bytes like a WebSocket client's buffer (and in packets: each has a cost of its own).
         return pending[1] <= self.send_buffer_bytes and pending[0] <= MAX_QUEUED_PACKETS
 
@@ -195,8 +219,8 @@ class SocketIOConnection(Connection):
         self.eio_sid = eio_sid
         self.pid = ""
 
-    def send_event(self, event: Event) -> None:
-        if not self.server.write(self.eio_sid, event.sio_payload, event.sio_frame):
+    def send_events(self, events: Sequence[Event]) -> None:
+        if not self.server.write_events(self.eio_sid, events):
             log.warning("slow consumer closed", extra={"userId": self.user_id, "transport": self.transport})
             self.close(CLOSE_SLOW_CONSUMER, "slow consumer")
 

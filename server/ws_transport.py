@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -50,8 +51,8 @@ class WebSocketConnection(Connection):
         self._limit = settings.send_buffer_bytes
         self._closing: asyncio.Future[bool] | None = None
 
-    def send_event(self, event: Event) -> None:
-        self._write(event.ws_frame)
+    def send_events(self, events: Sequence[Event]) -> None:
+        self._write(events[0].ws_frame if len(events) == 1 else b"".join([e.ws_frame for e in events]))
 
     def send_message(self, message: dict[str, Any]) -> None:
         self._write(websocket_text_frame(orjson.dumps(message)))

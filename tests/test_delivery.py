@@ -94,3 +94,44 @@ async def test_seed_hook_url_and_frames_work_in_insecure_mode(start_server, sett
     frame = await recv(ws)
     assert set(frame) == {"type", "data", "id"}
     assert frame["type"] == "store_updated" and frame["data"] == {"storeId": "s9", "store": {"name": "Pizza"}}
+
+
+async def test_mixed_batch_reaches_each_client_in_order_once(live: Live) -> None:
+    """A batch addressed to different audiences: each client gets exactly its own, in id order."""
+    alice, _ = await live.ws_ready(token=make_token("alice"), storeId="s1")
+    bob, _ = await live.ws_ready(token=make_token("bob"))
+    alice_sio = await live.sio({"token": make_token("alice"), "stores": ["s1"]})
+    polling = await live.sio({"token": make_token("alice"), "stores": ["s1"]}, transports=["polling"])
+
+    def order(user: str, n: int) -> dict[str, object]:
+        return {"type": "order_updated", "data": {"orderId": f"o{n}", "order": {"userId": user}}}
+
+    def product(store: str, n: int) -> dict[str, object]:
+        return {"type": "product_updated", "data": {"storeId": store, "product": {"id": f"p{n}"}}}
+
+    batch = [order("alice", 1), product("s1", 2), order("bob", 3), product("s2", 4)]
+    # alice is in both rooms of this one: it must reach her once.
+    batch.append(
+        {
+            "type": "store_updated",
+            "data": {"storeId": "s1", "store": {}},
+            "to": {"users": ["alice"], "stores": ["s1"]},
+        }
+    )
+    batch += [product("s1", 6), order("alice", 7)]
+    status, body = await live.post({"events": batch})
+    assert status == 202
+    ids = body["ids"]
+    mine = [ids[i] for i in (0, 1, 4, 5, 6)]
+
+    assert [(await recv(alice))["id"] for _ in mine] == mine
+    await no_message(alice)
+    assert [(await recv(bob))["id"] for _ in range(1)] == [ids[2]]
+    await no_message(bob)
+    for client in (alice_sio, polling):
+        events = await client.wait_for(len(mine))
+        assert [args[-1] for _, args in events] == mine
+    await asyncio.sleep(0.2)
+    assert len(alice_sio.events) == len(polling.events) == len(mine)
+    await alice_sio.close()
+    await polling.close()

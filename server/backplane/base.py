@@ -14,7 +14,8 @@ from typing import Any
 
 from server.events import Event, EventId, OutgoingEvent, format_event_id, parse_event_id
 
-EventSink = Callable[[Event], None]
+# Events in id order, as many as arrived together: a connection gets them in one write.
+EventSink = Callable[[Sequence[Event]], None]
 CommandSink = Callable[[dict[str, Any]], None]
 
 

@@ -82,8 +82,8 @@ class MemoryBackplane(Backplane):
             self._events.append((now, event))
         self._trim(now)
         assert self._on_event is not None
-        for event in fresh:
-            self._on_event(event)
+        if fresh:
+            self._on_event(fresh)
         return ids
 
     def _trim(self, now: float) -> None:

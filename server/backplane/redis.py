@@ -231,9 +231,7 @@ class RedisBackplane(Backplane):
                 reply: Any = await self._tail_redis.xread({self.stream: last}, block=BLOCK_MS, count=1000)
                 self._last_read, backoff = time.monotonic(), 0.1
                 for _, entries in reply:
-                    for raw_id, fields in entries:
-                        last = _id(raw_id)
-                        self._dispatch(last, fields)
+                    last = self._dispatch(entries) or last
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -245,18 +243,26 @@ class RedisBackplane(Backplane):
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
 
-    def _dispatch(self, event_id: str, fields: dict[bytes, bytes]) -> None:
-        try:
-            if b"cmd" in fields:
-                assert self._on_command is not None
-                self._on_command(orjson.loads(fields[b"cmd"]))
-                return
-            event = _parse_entry(event_id, fields)
-        except (KeyError, ValueError, TypeError) as exc:
-            log.error("skipped a malformed stream entry", extra={"id": event_id, "error": repr(exc)})
-            return
-        assert self._on_event is not None
-        self._on_event(event)
+    def _dispatch(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> str:
+        """Hand the events read to the hub together, commands in their place; the last id read."""
+        assert self._on_event is not None and self._on_command is not None
+        events: list[Event] = []
+        event_id = ""
+        for raw_id, fields in entries:
+            event_id = _id(raw_id)
+            try:
+                if b"cmd" in fields:
+                    if events:
+                        self._on_event(events)
+                        events = []
+                    self._on_command(orjson.loads(fields[b"cmd"]))
+                else:
+                    events.append(_parse_entry(event_id, fields))
+            except (KeyError, ValueError, TypeError) as exc:
+                log.error("skipped a malformed stream entry", extra={"id": event_id, "error": repr(exc)})
+        if events:
+            self._on_event(events)
+        return event_id
 
     async def _position(self) -> str:
         await self._ensure_script(keys=[self.stream, self.floor_key])
