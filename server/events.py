@@ -6,10 +6,11 @@ those bytes by concatenation, once per event (cached), never once per recipient.
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass, field
 
 import orjson
+
+from server.websocket import OP_TEXT, deflate, frame, text_frame
 
 EventId = tuple[int, int]
 ZERO_ID = "0-0"
@@ -29,23 +30,6 @@ def format_event_id(event_id: EventId) -> str:
     return f"{event_id[0]}-{event_id[1]}"
 
 
-def websocket_text_frame(payload: bytes) -> bytes:
-    """An unmasked, unfragmented server-to-client WebSocket text frame (RFC 6455 §5.2)."""
-    length = len(payload)
-    if length < 126:
-        header = struct.pack("!BB", 0x81, length)
-    elif length < 65536:
-        header = struct.pack("!BBH", 0x81, 126, length)
-    else:
-        header = struct.pack("!BBQ", 0x81, 127, length)
-    return header + payload
-
-
-def websocket_close_frame(code: int, reason: str = "") -> bytes:
-    payload = struct.pack("!H", code) + reason.encode()[:120]
-    return struct.pack("!BB", 0x88, len(payload)) + payload
-
-
 @dataclass(slots=True)
 class Event:
     """One published event: its id, type, JSON-encoded data and the rooms it is addressed to."""
@@ -56,6 +40,7 @@ class Event:
     rooms: tuple[str, ...]
     sort_key: EventId = field(init=False, repr=False)
     _ws_frame: bytes | None = field(default=None, repr=False)
+    _ws_frame_deflated: bytes | None = field(default=None, repr=False)
     _sio_payload: bytes | None = field(default=None, repr=False)
     _sio_frame: bytes | None = field(default=None, repr=False)
 
@@ -65,15 +50,32 @@ class Event:
             raise ValueError(f"not an event id: {self.id!r}")
         self.sort_key = parsed
 
+    def _ws_payload(self) -> bytes:
+        return b"".join(
+            (
+                b'{"type":',
+                orjson.dumps(self.type),
+                b',"data":',
+                self.data_json,
+                b',"id":"',
+                self.id.encode(),
+                b'"}',
+            )
+        )
+
     @property
     def ws_frame(self) -> bytes:
         """The plain-WebSocket frame: ``{"type": T, "data": D, "id": ID}``."""
         if self._ws_frame is None:
-            payload = b"".join(
-                (b'{"type":', orjson.dumps(self.type), b',"data":', self.data_json, b',"id":"')
-            )
-            self._ws_frame = websocket_text_frame(payload + self.id.encode() + b'"}')
+            self._ws_frame = text_frame(self._ws_payload())
         return self._ws_frame
+
+    @property
+    def ws_frame_deflated(self) -> bytes:
+        """The same, compressed (permessage-deflate without context: the same for every client)."""
+        if self._ws_frame_deflated is None:
+            self._ws_frame_deflated = frame(OP_TEXT, deflate(self._ws_payload()), rsv1=True)
+        return self._ws_frame_deflated
 
     @property
     def sio_payload(self) -> bytes:
@@ -88,7 +90,7 @@ class Event:
     def sio_frame(self) -> bytes:
         """The whole WebSocket frame carrying the Engine.IO MESSAGE ``42[...]``."""
         if self._sio_frame is None:
-            self._sio_frame = websocket_text_frame(b"4" + self.sio_payload)
+            self._sio_frame = text_frame(b"4" + self.sio_payload)
         return self._sio_frame
 
 

@@ -29,11 +29,12 @@ from handlers.subscriptions import SubscriptionError, base_rooms, store_rooms, v
 from server.auth import Authenticator, AuthError, Credentials, Identity
 from server.background import spawn
 from server.config import Settings
-from server.events import Event, websocket_text_frame
+from server.events import Event
 from server.hub import CLOSE_KICKED, CLOSE_RATE_LIMITED, CLOSE_SLOW_CONSUMER, Connection
 from server.node import Node, Resume
 from server.sio_manager import HubManager
-from server.ws_transport import bearer_token, close_websocket
+from server.websocket import close_frame, text_frame
+from server.ws_transport import bearer_token
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,12 @@ async def _bounded_poll(self: AsyncSocket) -> list[eio_packet.Packet]:
     return packets
 
 
+def close_websocket(transport: asyncio.Transport, code: int, reason: str) -> None:
+    transport.write(close_frame(code, reason))
+    transport.close()
+    asyncio.get_running_loop().call_later(2.0, transport.abort)
+
+
 class _CountedPacket(eio_packet.Packet):  # type: ignore[misc]
     """An Engine.IO MESSAGE queued for a socket; counts as pending until it is encoded (written)."""
 
@@ -136,7 +143,7 @@ class RealtimeServer(socketio.AsyncServer):  # type: ignore[misc]
         """Send an Engine.IO MESSAGE whose data is ``payload``; False if the client overflowed."""
         sock, transport = self._route(eio_sid)
         if transport is not None:
-            return self._write_frames(transport, websocket_text_frame(b"4" + payload))
+            return self._write_frames(transport, text_frame(b"4" + payload))
         return sock is None or self._enqueue(sock, eio_sid, (payload,))
 
     def write_events(self, eio_sid: str, events: Sequence[Event]) -> bool:

@@ -2,35 +2,30 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Sequence
 from typing import Any
 
 import orjson
-from aiohttp import WSMsgType, web
+from aiohttp import web
 
 from handlers.subscriptions import SubscriptionError, base_rooms, parse_store_list, store_rooms, valid_id
-from server.auth import Authenticator, AuthError, Credentials
+from server.auth import Authenticator, AuthError, Credentials, Identity
 from server.config import WebSocketSettings
-from server.events import Event, websocket_close_frame, websocket_text_frame
+from server.events import Event
 from server.hub import CLOSE_RATE_LIMITED, CLOSE_SLOW_CONSUMER, Connection
 from server.node import Node
+from server.websocket import (
+    CLOSE_INTERNAL_ERROR,
+    Heartbeat,
+    TakenOver,
+    WebSocketProtocol,
+    handshake,
+    take_over,
+    text_frame,
+)
 
 log = logging.getLogger(__name__)
-
-ABORT_AFTER_SECONDS = 2.0
-
-
-def close_websocket(transport: asyncio.Transport, code: int, reason: str) -> None:
-    """Close a WebSocket by writing the close frame after what is queued; abort if not read soon.
-
-    For connections we write to directly (both transports): the frame follows every event already
-    in the buffer, and a client that stopped reading cannot hold the socket open.
-    """
-    transport.write(websocket_close_frame(code, reason))
-    transport.close()
-    asyncio.get_running_loop().call_later(ABORT_AFTER_SECONDS, transport.abort)
 
 
 def bearer_token(header: str | None) -> str | None:
@@ -39,52 +34,70 @@ def bearer_token(header: str | None) -> str | None:
     return None
 
 
+class _Socket(WebSocketProtocol):
+    """The WebSocket under a ``WebSocketConnection``, passing it what the client sends."""
+
+    __slots__ = ("connection",)
+
+    def __init__(self, connection: WebSocketConnection, max_message_bytes: int, deflate: bool) -> None:
+        super().__init__(max_message_bytes, deflate)
+        self.connection = connection
+
+    def on_message(self, data: str | bytes) -> None:
+        self.connection.received(data)
+
+    def on_closed(self, code: int) -> None:
+        self.connection.gone(code)
+
+
 class WebSocketConnection(Connection):
     transport = "websocket"
-    __slots__ = ("_closing", "_limit", "_transport", "ws")
+    __slots__ = ("_endpoint", "_limit", "socket")
 
-    def __init__(self, ws: web.WebSocketResponse, request: web.Request, node: Node, identity: Any) -> None:
-        settings = node.settings.websocket
+    def __init__(self, endpoint: WebSocketEndpoint, identity: Identity, deflate: bool) -> None:
+        settings = endpoint.settings
         super().__init__(identity, settings.client_messages_per_second, settings.client_messages_burst)
-        self.ws = ws
-        self._transport = request.transport
+        self._endpoint = endpoint
         self._limit = settings.send_buffer_bytes
-        self._closing: asyncio.Future[bool] | None = None
+        self.socket = _Socket(self, settings.max_message_bytes, deflate)
 
     def send_events(self, events: Sequence[Event]) -> None:
-        self._write(events[0].ws_frame if len(events) == 1 else b"".join([e.ws_frame for e in events]))
+        if self.socket.deflate:
+            self._write(b"".join([e.ws_frame_deflated for e in events]))
+        else:
+            self._write(events[0].ws_frame if len(events) == 1 else b"".join([e.ws_frame for e in events]))
 
     def send_message(self, message: dict[str, Any]) -> None:
-        self._write(websocket_text_frame(orjson.dumps(message)))
+        self._write(text_frame(orjson.dumps(message)))
 
-    def _write(self, frame: bytes) -> None:
-        transport = self._transport
-        if self.closed or transport is None or transport.is_closing():
+    def _write(self, frames: bytes) -> None:
+        if self.closed:
             return
-        # Frames are written whole and synchronously, so they never interleave with aiohttp's own
-        # (pings, close); the transport's buffer is this connection's bounded send queue.
-        transport.write(frame)
-        if transport.get_write_buffer_size() > self._limit:
+        socket = self.socket
+        socket.write(frames)
+        if socket.buffered() > self._limit:
             log.warning("slow consumer closed", extra={"userId": self.user_id, "transport": self.transport})
             self.close(CLOSE_SLOW_CONSUMER, "slow consumer")
 
     def close(self, code: int, reason: str) -> None:
+        if not self.closed:
+            self.closed = True
+            self.socket.close(code, reason)
+
+    def received(self, data: str | bytes) -> None:
         if self.closed:
             return
-        self.closed = True
-        transport = self._transport
-        if transport is None or transport.is_closing():
+        if not self.allow_message():
+            self.close(CLOSE_RATE_LIMITED, "too many messages")
             return
-        if code == CLOSE_SLOW_CONSUMER or transport.get_write_buffer_size() > self._limit:
-            close_websocket(transport, code, reason)  # its buffer is full: aiohttp's close would wait
+        if isinstance(data, str):
+            self.send_message(self._endpoint.answer(self, data))
         else:
-            self._closing = asyncio.ensure_future(self.ws.close(code=code, message=reason.encode()))
+            self.send_message(_error("binary frames are not accepted: send JSON text"))
 
-    async def wait_closed(self) -> None:
-        """Let a close begun by ``close`` finish: were the handler to return first, aiohttp would
-        close the socket itself with 1000 and the client would never see our code (e.g. 4429)."""
-        if self._closing is not None:
-            await self._closing
+    def gone(self, code: int) -> None:
+        self.closed = True
+        self._endpoint.gone(self, code)
 
 
 class WebSocketEndpoint:
@@ -92,32 +105,37 @@ class WebSocketEndpoint:
         self.node = node
         self.authenticator = authenticator
         self.settings = settings
+        self.heartbeat = Heartbeat(settings.heartbeat_seconds)
 
-    async def handle(self, request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse(
-            heartbeat=self.settings.heartbeat_seconds,
-            compress=self.settings.compression,
-            # aiohttp refuses a frame of exactly max_msg_size bytes; the setting is the largest allowed.
-            max_msg_size=self.settings.max_message_bytes + 1,
-            timeout=2.0,
-        )
-        await ws.prepare(request)
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        response, deflate = handshake(request, self.settings.compression)
         try:
             identity, rooms = self._admit(request)
         except AuthError as exc:
             log.info("websocket refused", extra={"reason": exc.message, "code": exc.close_code})
-            await ws.close(code=exc.close_code, message=exc.message.encode()[:120])
-            return ws
-        conn = WebSocketConnection(ws, request, self.node, identity)
-        reason = "client closed"
+            socket = WebSocketProtocol(self.settings.max_message_bytes)
+            take_over(request, response, socket)
+            socket.close(exc.close_code, exc.message)
+            return TakenOver()
+        conn = WebSocketConnection(self, identity, deflate)
+        socket = conn.socket
+        take_over(request, response, socket)
+        assert socket.transport is not None
+        # Nothing the client sends is answered before its ``connected`` frame.
+        socket.transport.pause_reading()
         try:
             await self._greet(conn, rooms, request.query.get("lastEventId"))
-            reason = await self._read(ws, conn)
-        finally:
-            conn.closed = True
-            self.node.disconnect(conn, reason)
-        await conn.wait_closed()
-        return ws
+        except Exception:
+            log.exception("websocket connect failed")
+            conn.close(CLOSE_INTERNAL_ERROR, "internal error")
+        if socket.transport is not None and not conn.closed:
+            socket.transport.resume_reading()
+            self.heartbeat.add(socket)
+        return TakenOver()
+
+    def gone(self, conn: WebSocketConnection, code: int) -> None:
+        self.heartbeat.discard(conn.socket)
+        self.node.disconnect(conn, f"closed {code}")
 
     async def _greet(self, conn: WebSocketConnection, rooms: list[str], last_event_id: str | None) -> None:
         """Join the rooms, send ``connected``, then what was missed; the replay is not kept after."""
@@ -157,21 +175,7 @@ class WebSocketEndpoint:
             raise AuthError("bad_request", str(exc)) from None
         return identity, base_rooms(identity.user_id, identity.role) + stores
 
-    async def _read(self, ws: web.WebSocketResponse, conn: WebSocketConnection) -> str:
-        async for msg in ws:
-            if not conn.allow_message():
-                conn.close(CLOSE_RATE_LIMITED, "too many messages")
-                return "rate limited"
-            if msg.type == WSMsgType.TEXT:
-                reply = self._answer(conn, msg.data)
-            elif msg.type == WSMsgType.BINARY:
-                reply = _error("binary frames are not accepted: send JSON text")
-            else:
-                break
-            conn.send_message(reply)
-        return f"closed {ws.close_code}" if ws.close_code else "client closed"
-
-    def _answer(self, conn: WebSocketConnection, text: str) -> dict[str, Any]:
+    def answer(self, conn: WebSocketConnection, text: str) -> dict[str, Any]:
         try:
             message = orjson.loads(text)
         except orjson.JSONDecodeError:

@@ -1,0 +1,407 @@
+"""The server side of RFC 6455 for connections taken over from aiohttp after the handshake.
+
+aiohttp keeps, for each WebSocket it serves, the parsed upgrade request, an HTTP parser, a
+reader queue, a writer, a heartbeat timer and a handler task with its coroutine frames: about
+12 KiB a connection that does nothing but wait. Here aiohttp routes and authenticates the upgrade
+request; then the socket's transport is handed to a ``WebSocketProtocol`` (one small object with
+slots, no task, no queue), and aiohttp forgets the connection. Frames to clients are written
+straight into the transport, whose buffer is the connection's bounded send queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import logging
+import struct
+import zlib
+from typing import Any, ClassVar
+
+from aiohttp import web
+
+log = logging.getLogger(__name__)
+
+GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+ABORT_AFTER_SECONDS = 2.0  # a peer that does not answer our close frame is cut off
+
+OP_CONTINUATION, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_PROTOCOL_ERROR = 1002
+CLOSE_NO_STATUS = 1005
+CLOSE_ABNORMAL = 1006
+CLOSE_INVALID_DATA = 1007
+CLOSE_TOO_BIG = 1009
+CLOSE_INTERNAL_ERROR = 1011
+
+# permessage-deflate as we agree to it: no context kept on either side, so an event's compressed
+# frame is the same for every client and is built once (server/events.py), and no connection
+# holds zlib state between messages.
+DEFLATE_RESPONSE = "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
+DEFLATE_TAIL = b"\x00\x00\xff\xff"
+
+
+def frame(opcode: int, payload: bytes, rsv1: bool = False) -> bytes:
+    """An unmasked, unfragmented server-to-client frame (RFC 6455 §5.2)."""
+    first = 0x80 | opcode | (0x40 if rsv1 else 0)
+    length = len(payload)
+    if length < 126:
+        header = struct.pack("!BB", first, length)
+    elif length < 65536:
+        header = struct.pack("!BBH", first, 126, length)
+    else:
+        header = struct.pack("!BBQ", first, 127, length)
+    return header + payload
+
+
+def text_frame(payload: bytes) -> bytes:
+    return frame(OP_TEXT, payload)
+
+
+def close_frame(code: int, reason: str = "") -> bytes:
+    return frame(OP_CLOSE, struct.pack("!H", code) + reason.encode()[:120])
+
+
+def deflate(payload: bytes) -> bytes:
+    """One message compressed with no context (RFC 7692 §7.2.1), for a frame with RSV1 set."""
+    compressor = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -zlib.MAX_WBITS)
+    data = compressor.compress(payload) + compressor.flush(zlib.Z_SYNC_FLUSH)
+    return data[:-4] if data.endswith(DEFLATE_TAIL) else data
+
+
+def _unmask(payload: bytes, mask: bytes) -> bytes:
+    length = len(payload)
+    if not length:
+        return payload
+    repeated = (mask * (length // 4 + 1))[:length]
+    return (int.from_bytes(payload, "big") ^ int.from_bytes(repeated, "big")).to_bytes(length, "big")
+
+
+def accepts_deflate(offers: str | None) -> bool:
+    """Whether one of the client's permessage-deflate offers allows what we answer with.
+
+    We refuse offers that limit our window (server_max_window_bits): our shared frames use 15.
+    """
+    for offer in (offers or "").split(","):
+        params = [p.strip().lower() for p in offer.split(";")]
+        if params[0] != "permessage-deflate":
+            continue
+        names = {p.split("=", 1)[0].strip() for p in params[1:]}
+        if names <= {"client_max_window_bits", "server_no_context_takeover", "client_no_context_takeover"}:
+            return True
+    return False
+
+
+def handshake(request: web.Request, compression: bool) -> tuple[bytes, bool]:
+    """Check an upgrade request; the ``101`` response to write, and whether it agreed to deflate.
+
+    Raises ``web.HTTPBadRequest`` for what is not a WebSocket handshake (aiohttp's answers).
+    """
+    headers = request.headers
+    if "websocket" not in headers.get("Upgrade", "").lower():
+        raise web.HTTPBadRequest(
+            text='No WebSocket UPGRADE hdr: {}\n Can "Upgrade" only to "WebSocket".'.format(
+                headers.get("Upgrade")
+            )
+        )
+    if "upgrade" not in headers.get("Connection", "").lower():
+        raise web.HTTPBadRequest(text="No CONNECTION upgrade hdr: {}".format(headers.get("Connection")))
+    if headers.get("Sec-WebSocket-Version") != "13":
+        raise web.HTTPBadRequest(text="Unsupported version: {}".format(headers.get("Sec-WebSocket-Version")))
+    key = headers.get("Sec-WebSocket-Key", "")
+    try:
+        if len(base64.b64decode(key, validate=True)) != 16:
+            raise ValueError
+    except (binascii.Error, ValueError):
+        raise web.HTTPBadRequest(text=f"Handshake error: {key!r}") from None
+    accept = base64.b64encode(hashlib.sha1(key.encode() + GUID).digest())
+    deflated = compression and accepts_deflate(headers.get("Sec-WebSocket-Extensions"))
+    response = [
+        b"HTTP/1.1 101 Switching Protocols",
+        b"Upgrade: websocket",
+        b"Connection: upgrade",
+        b"Sec-WebSocket-Accept: " + accept,
+    ]
+    if deflated:
+        response.append(b"Sec-WebSocket-Extensions: " + DEFLATE_RESPONSE.encode())
+    return b"\r\n".join(response) + b"\r\n\r\n", deflated
+
+
+def take_over(request: web.Request, response: bytes, protocol: WebSocketProtocol) -> None:
+    """Write the ``101`` and move the socket from aiohttp to ``protocol``.
+
+    aiohttp is told the connection is gone (without closing it): it frees what it held for it,
+    and the handler's return value is never written.
+    """
+    transport = request.transport
+    aiohttp_protocol: Any = request.protocol
+    assert transport is not None
+    # A client may not send before it has our 101, but keep anything that came early.
+    early: bytes = getattr(aiohttp_protocol, "_message_tail", b"")
+    transport.write(response)
+    transport.set_protocol(protocol)
+    aiohttp_protocol.transport = None  # so that it does not close the socket
+    aiohttp_protocol.connection_lost(None)
+    protocol.connection_made(transport)
+    if early:
+        protocol.data_received(early)
+
+
+class TakenOver(web.StreamResponse):
+    """What a handler returns to aiohttp for a socket given to ``take_over``: nothing to write."""
+
+    def __init__(self) -> None:
+        super().__init__(status=101)
+
+    async def prepare(self, request: web.BaseRequest) -> None:
+        return None
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        return None
+
+
+class WebSocketProtocol(asyncio.Protocol):
+    """Frames in, frames out. Subclasses handle messages (``on_message``) and the end (``on_closed``)."""
+
+    # One of these per client: slots, and no per-connection timer (see ``Heartbeat``).
+    __slots__ = (
+        "_buffer",
+        "_close_code",
+        "_close_sent",
+        "_discard",
+        "_fragment_opcode",
+        "_fragments",
+        "_heard",
+        "_inflate",
+        "deflate",
+        "max_message_bytes",
+        "transport",
+    )
+
+    closing_timeout: ClassVar[float] = ABORT_AFTER_SECONDS
+
+    def __init__(self, max_message_bytes: int, deflate: bool = False) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.max_message_bytes = max_message_bytes
+        self.deflate = deflate  # permessage-deflate agreed: clients may compress their messages
+        self._buffer = b""
+        self._fragments: list[bytes] | None = None  # a fragmented message being received
+        self._fragment_opcode = OP_TEXT
+        self._discard = False  # after a protocol error: the stream can no longer be parsed
+        self._inflate = False  # the message being received is compressed
+        self._close_sent = False
+        self._close_code: int | None = None
+        self._heard = True  # anything received since the last heartbeat
+
+    # --- asyncio.Protocol --------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self._heard = True
+        if self._discard:
+            return
+        buffer = self._buffer + data if self._buffer else data
+        pos, end = 0, len(buffer)
+        while end - pos >= 2 and self.transport is not None:
+            first, second = buffer[pos], buffer[pos + 1]
+            length = second & 0x7F
+            header = 6
+            if length == 126:
+                header = 8
+                if end - pos < header:
+                    break
+                length = int.from_bytes(buffer[pos + 2 : pos + 4], "big")
+            elif length == 127:
+                header = 14
+                if end - pos < header:
+                    break
+                length = int.from_bytes(buffer[pos + 2 : pos + 10], "big")
+            if not second & 0x80:
+                self._fail(CLOSE_PROTOCOL_ERROR, "frames from a client must be masked")
+                return
+            if length > self.max_message_bytes:
+                self._fail(CLOSE_TOO_BIG, "message too big")
+                return
+            if end - pos < header + length:
+                break
+            mask = buffer[pos + header - 4 : pos + header]
+            payload = _unmask(buffer[pos + header : pos + header + length], mask)
+            pos += header + length
+            if self._close_sent and first & 0x0F != OP_CLOSE:
+                continue  # closing: only the peer's close frame matters now
+            self._frame(first, payload)
+        self._buffer = buffer[pos:] if pos < end else b""
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.transport = None
+        self.on_closed(self._close_code if self._close_code is not None else CLOSE_ABNORMAL)
+
+    # --- frames ------------------------------------------------------------------------------
+
+    def _frame(self, first: int, payload: bytes) -> None:
+        opcode = first & 0x0F
+        fin = first & 0x80
+        rsv1 = first & 0x40
+        if first & 0x30 or (rsv1 and (not self.deflate or opcode == OP_CONTINUATION or opcode >= OP_CLOSE)):
+            self._fail(CLOSE_PROTOCOL_ERROR, "reserved bits set")
+            return
+        if opcode >= OP_CLOSE:
+            if not fin or len(payload) > 125:
+                self._fail(CLOSE_PROTOCOL_ERROR, "bad control frame")
+            elif opcode == OP_CLOSE:
+                self._closed_by_peer(payload)
+            elif opcode == OP_PING:
+                self.write(frame(OP_PONG, payload))
+            elif opcode != OP_PONG:
+                self._fail(CLOSE_PROTOCOL_ERROR, "unknown opcode")
+            return
+        if opcode == OP_CONTINUATION:
+            if self._fragments is None:
+                self._fail(CLOSE_PROTOCOL_ERROR, "continuation without a message")
+                return
+            self._fragments.append(payload)
+            if sum(map(len, self._fragments)) > self.max_message_bytes:
+                self._fail(CLOSE_TOO_BIG, "message too big")
+                return
+            if not fin:
+                return
+            opcode, payload = self._fragment_opcode, b"".join(self._fragments)
+            self._fragments = None
+        elif opcode in (OP_TEXT, OP_BINARY):
+            if self._fragments is not None:
+                self._fail(CLOSE_PROTOCOL_ERROR, "a new message inside a fragmented one")
+                return
+            self._inflate = bool(rsv1)
+            if not fin:
+                self._fragment_opcode, self._fragments = opcode, [payload]
+                return
+        else:
+            self._fail(CLOSE_PROTOCOL_ERROR, "unknown opcode")
+            return
+        self._message(opcode, payload)
+
+    def _message(self, opcode: int, payload: bytes) -> None:
+        if self._inflate:
+            inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+            try:
+                payload = inflater.decompress(payload + DEFLATE_TAIL, self.max_message_bytes + 1)
+            except zlib.error:
+                self._fail(CLOSE_INVALID_DATA, "bad compressed data")
+                return
+            if len(payload) > self.max_message_bytes:
+                self._fail(CLOSE_TOO_BIG, "message too big")
+                return
+        if opcode == OP_TEXT:
+            try:
+                text = payload.decode()
+            except UnicodeDecodeError:
+                self._fail(CLOSE_INVALID_DATA, "text is not UTF-8")
+                return
+            self.on_message(text)
+        else:
+            self.on_message(payload)
+
+    def _closed_by_peer(self, payload: bytes) -> None:
+        code = CLOSE_NO_STATUS
+        if len(payload) >= 2:
+            code = int.from_bytes(payload[:2], "big")
+        if self._close_code is None:
+            self._close_code = code
+        if not self._close_sent:
+            # Echo it (RFC 6455 §5.5.1); a 1005 ("no status") is never sent on the wire.
+            self.write(frame(OP_CLOSE, payload[:2] if code != CLOSE_NO_STATUS else b""))
+            self._close_sent = True
+        if self.transport is not None:
+            self.transport.close()  # the close handshake is done: the server closes TCP first
+
+    def _fail(self, code: int, reason: str) -> None:
+        log.info("websocket protocol error", extra={"code": code, "reason": reason})
+        self._fragments = None
+        self._buffer = b""
+        self._discard = True
+        self.close(code, reason)
+
+    def eof_received(self) -> bool:
+        return False  # the peer is done sending: close our side too
+
+    # --- to the client -----------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is not None and not self._close_sent:
+            transport.write(data)
+
+    def buffered(self) -> int:
+        """Bytes written but not yet taken by the kernel: this client's send backlog."""
+        return self.transport.get_write_buffer_size() if self.transport is not None else 0
+
+    def close(self, code: int, reason: str = "") -> None:
+        """Send a close frame after what is queued, then our FIN; the socket closes when the peer
+        answers, or ``closing_timeout`` seconds later whatever it does (a client that stopped
+        reading). Reading goes on meanwhile: closing with unread data would reset the connection
+        and could destroy our close frame before the client reads it."""
+        transport = self.transport
+        if transport is None or self._close_sent:
+            return
+        self._close_sent = True
+        if self._close_code is None:
+            self._close_code = code
+        transport.write(close_frame(code, reason))
+        if transport.can_write_eof():
+            transport.write_eof()
+        asyncio.get_running_loop().call_later(self.closing_timeout, transport.abort)
+
+    def ping(self) -> bool:
+        """Ping the client; False if it has sent nothing since the last ping (it is then cut off)."""
+        if not self._heard:
+            if self.transport is not None:
+                self.transport.abort()
+            return False
+        self._heard = False
+        self.write(frame(OP_PING, b""))
+        return True
+
+    # --- for subclasses ----------------------------------------------------------------------
+
+    def on_message(self, data: str | bytes) -> None:
+        """A whole message from the client: ``str`` for text, ``bytes`` for binary."""
+
+    def on_closed(self, code: int) -> None:
+        """The socket is gone; ``code`` is the close code either side sent (1006 if none)."""
+
+
+class Heartbeat:
+    """Pings every connection registered with it each ``interval`` seconds, from one task.
+
+    A connection that sent nothing (no pong, no message) between two pings is cut off.
+    """
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self.members: set[WebSocketProtocol] = set()
+        self._task: asyncio.Task[None] | None = None
+
+    def add(self, protocol: WebSocketProtocol) -> None:
+        self.members.add(protocol)
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def discard(self, protocol: WebSocketProtocol) -> None:
+        self.members.discard(protocol)
+
+    async def _run(self) -> None:
+        while self.members:
+            await asyncio.sleep(self.interval)
+            for protocol in list(self.members):
+                if not protocol.ping():
+                    self.members.discard(protocol)
+        self._task = None
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
