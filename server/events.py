@@ -43,6 +43,7 @@ class Event:
     _ws_frame_deflated: bytes | None = field(default=None, repr=False)
     _sio_payload: bytes | None = field(default=None, repr=False)
     _sio_frame: bytes | None = field(default=None, repr=False)
+    _sio_frame_deflated: bytes | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         parsed = parse_event_id(self.id)
@@ -92,6 +93,12 @@ class Event:
         if self._sio_frame is None:
             self._sio_frame = text_frame(b"4" + self.sio_payload)
         return self._sio_frame
+
+    @property
+    def sio_frame_deflated(self) -> bytes:
+        if self._sio_frame_deflated is None:
+            self._sio_frame_deflated = frame(OP_TEXT, deflate(b"4" + self.sio_payload), rsv1=True)
+        return self._sio_frame_deflated
 
 
 @dataclass(frozen=True, slots=True)

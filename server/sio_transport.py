@@ -9,23 +9,22 @@ so nothing overtakes anything; Engine.IO's queue is used only while a client pol
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import logging
 import secrets
-import weakref
 from collections.abc import Sequence
-from typing import Any, cast
+from http.cookies import SimpleCookie
+from typing import Any
 from urllib.parse import parse_qs
 
+import engineio
 import socketio
 from aiohttp import web
 from engineio import packet as eio_packet
-from engineio.async_socket import AsyncSocket
-from engineio.exceptions import QueueEmpty
-from engineio.payload import Payload
 from socketio import packet as sio_packet
 
 from handlers.subscriptions import SubscriptionError, base_rooms, store_rooms, valid_id, viewed_stores
+from server import eio
 from server.auth import Authenticator, AuthError, Credentials, Identity
 from server.background import spawn
 from server.config import Settings
@@ -33,152 +32,57 @@ from server.events import Event
 from server.hub import CLOSE_KICKED, CLOSE_RATE_LIMITED, CLOSE_SLOW_CONSUMER, Connection
 from server.node import Node, Resume
 from server.sio_manager import HubManager
-from server.websocket import close_frame, text_frame
 from server.ws_transport import bearer_token
 
 log = logging.getLogger(__name__)
 
 NAMESPACE = "/"
-MAX_QUEUED_PACKETS = 10_000  # while polling: Engine.IO's queue has no bound of its own
 
-# The network transport under each Engine.IO socket that is on the WebSocket transport.
-_transports: weakref.WeakKeyDictionary[AsyncSocket, asyncio.Transport] = weakref.WeakKeyDictionary()
-
-
-def _websocket_driver(compress: bool) -> type:
-    """Engine.IO's aiohttp WebSocket wrapper, with compression decided here, not per browser."""
-    from engineio.async_drivers.aiohttp import WebSocket
-
-    class RawWebSocket(WebSocket):  # type: ignore[misc]
-        async def __call__(self, environ: dict[str, Any]) -> web.WebSocketResponse:
-            request = environ["aiohttp.request"]
-            # aiohttp refuses a frame of exactly max_msg_size bytes; the setting is the largest allowed
-            # (as Engine.IO's own check of polling bodies has it).
-            self._sock = web.WebSocketResponse(
-                max_msg_size=self.server.max_http_buffer_size + 1, compress=compress, timeout=2.0
-            )
-            await self._sock.prepare(request)
-            self.environ = environ
-            if request.transport is not None:
-                _transports[self.handler.__self__] = cast(asyncio.Transport, request.transport)
-            await self.handler(self)
-            return self._sock
-
-    return RawWebSocket
+# What python-socketio keeps of a client's handshake request after CONNECT (it keeps the whole
+# environ, aiohttp's request included, for the connection's life); what ``_admit`` reads.
+KEPT_ENVIRON = ("HTTP_ORIGIN", "HTTP_HOST", "QUERY_STRING", "HTTP_AUTHORIZATION", "HTTP_COOKIE")
 
 
-async def _bounded_poll(self: AsyncSocket) -> list[eio_packet.Packet]:
-    """Engine.IO's ``poll`` with at most ``Payload.max_decode_packets`` packets per response.
+class RealtimeEngine(engineio.AsyncServer):  # type: ignore[misc]
+    """python-engineio with our WebSocket driver and one task for every socket's pings."""
 
-    python-engineio's own client refuses a long-polling payload of more packets than that (16)
-    and drops the connection; the rest stay queued for the next poll.
-    """
-    try:
-        first = await asyncio.wait_for(self.queue.get(), self.server.ping_interval + self.server.ping_timeout)
-        self.queue.task_done()
-    except (TimeoutError, asyncio.CancelledError):
-        raise QueueEmpty() from None
-    if first is None:
-        return []
-    packets = [first]
-    while len(packets) < Payload.max_decode_packets:
-        try:
-            pkt = self.queue.get_nowait()
-        except asyncio.QueueEmpty:
-            break
-        self.queue.task_done()
-        if pkt is None:
-            self.queue.put_nowait(None)
-            break
-        packets.append(pkt)
-    return packets
-
-
-def close_websocket(transport: asyncio.Transport, code: int, reason: str) -> None:
-    transport.write(close_frame(code, reason))
-    transport.close()
-    asyncio.get_running_loop().call_later(2.0, transport.abort)
-
-
-class _CountedPacket(eio_packet.Packet):  # type: ignore[misc]
-    """An Engine.IO MESSAGE queued for a socket; counts as pending until it is encoded (written)."""
-
-    def __init__(self, server: RealtimeServer, eio_sid: str, data: str, size: int) -> None:
-        super().__init__(eio_packet.MESSAGE, data=data)
-        self._server = server
-        self._eio_sid = eio_sid
-        self._size = size
-        self._pending = True
-
-    def encode(self, b64: bool = False) -> Any:
-        if self._pending:
-            self._pending = False
-            self._server.dequeued(self._eio_sid, self._size)
-        return super().encode(b64=b64)
+    def __init__(self, compress: bool, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._async: dict[str, Any] = dict(self._async, websocket=eio.driver(compress))
+        self.pings = eio.PingScheduler(self.ping_interval)
 
 
 class RealtimeServer(socketio.AsyncServer):  # type: ignore[misc]
     """python-socketio with one ordered write path per client and connection-state recovery."""
 
     def __init__(self, send_buffer_bytes: int, compress: bool, **kwargs: Any) -> None:
+        self._compress = compress
         super().__init__(**kwargs)
-        AsyncSocket.poll = _bounded_poll  # process-wide and idempotent: see _bounded_poll
-        self.eio._async = dict(self.eio._async, websocket=_websocket_driver(compress))
         self.send_buffer_bytes = send_buffer_bytes
-        # eio sid -> [packets, bytes] waiting in Engine.IO's queue (a polling client's send buffer)
-        self.queued: dict[str, list[int]] = {}
         self.pids: dict[str, str] = {}  # sid -> private session id sent in CONNECT
         self.pending: dict[str, tuple[SocketIOConnection, Resume]] = {}
 
-    def dequeued(self, eio_sid: str, size: int) -> None:
-        pending = self.queued.get(eio_sid)
-        if pending is None:
-            return
-        pending[0] -= 1
-        pending[1] -= size
-        if pending[0] <= 0:
-            del self.queued[eio_sid]
+    def _engineio_server_class(self) -> Any:
+        return functools.partial(RealtimeEngine, self._compress)
+
+    async def _handle_eio_connect(self, eio_sid: str, environ: dict[str, Any]) -> None:
+        socket = self.eio.sockets[eio_sid]
+        socket.__class__ = eio.LeanSocket  # made by python-engineio: see LeanSocket
+        socket.adopt()
+        await super()._handle_eio_connect(eio_sid, {k: environ[k] for k in KEPT_ENVIRON if k in environ})
+
+    def socket(self, eio_sid: str) -> eio.LeanSocket | None:
+        return self.eio.sockets.get(eio_sid)  # type: ignore[no-any-return]
 
     def write(self, eio_sid: str, payload: bytes) -> bool:
         """Send an Engine.IO MESSAGE whose data is ``payload``; False if the client overflowed."""
-        sock, transport = self._route(eio_sid)
-        if transport is not None:
-            return self._write_frames(transport, text_frame(b"4" + payload))
-        return sock is None or self._enqueue(sock, eio_sid, (payload,))
+        socket = self.socket(eio_sid)
+        return socket is None or socket.send_message(payload, self.send_buffer_bytes)
 
     def write_events(self, eio_sid: str, events: Sequence[Event]) -> bool:
         """Send the events, in one write when on WebSocket; False if the client overflowed."""
-        sock, transport = self._route(eio_sid)
-        if transport is not None:
-            frames = events[0].sio_frame if len(events) == 1 else b"".join([e.sio_frame for e in events])
-            return self._write_frames(transport, frames)
-        return sock is None or self._enqueue(sock, eio_sid, [e.sio_payload for e in events])
-
-    def _route(self, eio_sid: str) -> tuple[AsyncSocket | None, asyncio.Transport | None]:
-        """The socket (None: gone, drop the packet) and its transport if we may write to it directly:
-        on WebSocket with nothing left in Engine.IO's queue to overtake."""
-        sock = self.eio.sockets.get(eio_sid)
-        if sock is None or sock.closed or sock.closing:
-            return None, None
-        transport = _transports.get(sock)
-        if transport is not None and sock.upgraded and eio_sid not in self.queued and sock.queue.empty():
-            return sock, transport
-        return sock, None
-
-    def _write_frames(self, transport: asyncio.Transport, frames: bytes) -> bool:
-        if transport.is_closing():
-            return True
-        transport.write(frames)
-        return transport.get_write_buffer_size() <= self.send_buffer_bytes
-
-    def _enqueue(self, sock: AsyncSocket, eio_sid: str, payloads: Sequence[bytes]) -> bool:
-        pending = self.queued.setdefault(eio_sid, [0, 0])
-        for payload in payloads:
-            pending[0] += 1
-            pending[1] += len(payload)
-            sock.queue.put_nowait(_CountedPacket(self, eio_sid, payload.decode(), len(payload)))
-        # Bounded in bytes like a WebSocket client's buffer (and in packets: each has a cost of its own).
-        return pending[1] <= self.send_buffer_bytes and pending[0] <= MAX_QUEUED_PACKETS
+        socket = self.socket(eio_sid)
+        return socket is None or socket.send_events(events, self.send_buffer_bytes)
 
     async def _send_packet(self, eio_sid: str, pkt: sio_packet.Packet) -> None:
         if pkt.packet_type == sio_packet.CONNECT and isinstance(pkt.data, dict):
@@ -201,14 +105,13 @@ class RealtimeServer(socketio.AsyncServer):  # type: ignore[misc]
 
     def close_transport(self, eio_sid: str, code: int, reason: str) -> None:
         """Close the Engine.IO connection without a Socket.IO DISCONNECT (the client reconnects)."""
-        sock = self.eio.sockets.get(eio_sid)
-        if sock is None or sock.closed:
+        socket = self.socket(eio_sid)
+        if socket is None or socket.closed:
             return
-        transport = _transports.get(sock)
-        if transport is not None and sock.upgraded and not transport.is_closing():
-            close_websocket(transport, code, reason)
+        if socket.ws is not None and socket.upgraded:
+            socket.ws.close(code, reason)
         else:
-            spawn(sock.close(wait=False, abort=False))
+            spawn(socket.close(wait=False, abort=False))
 
 
 class SocketIOConnection(Connection):
@@ -309,8 +212,8 @@ class SocketIOEndpoint:
         token = auth.get("token") or query.get("token") or bearer_token(environ.get("HTTP_AUTHORIZATION"))
         cookie_name = self.authenticator.settings.cookie_name
         if not token and cookie_name:
-            request: web.Request = environ["aiohttp.request"]
-            token = request.cookies.get(cookie_name)
+            cookie = SimpleCookie(environ.get("HTTP_COOKIE", "")).get(cookie_name)
+            token = cookie.value if cookie is not None else None
         for name in ("token", "userId", "role", "lastEventId", "pid", "offset"):
             if auth.get(name) is not None and not isinstance(auth[name], str):
                 raise AuthError("bad_request", f"auth.{name} must be a string")
@@ -359,9 +262,8 @@ class SocketIOEndpoint:
         self.server.pending.pop(sid, None)
         if conn is not None:
             conn.closed = True
-            self.server.queued.pop(conn.eio_sid, None)
             self.node.disconnect(conn, str(reason))
-            sock = self.server.eio.sockets.get(conn.eio_sid)
+            sock = self.server.socket(conn.eio_sid)
             if sock is not None and not sock.upgraded:
                 # Answer a long-poll still waiting, or it (and the client) hangs for ping_timeout.
                 sock.queue.put_nowait(eio_packet.Packet(eio_packet.NOOP))

@@ -1,0 +1,300 @@
+"""Engine.IO sockets without a task per client, for python-engineio under python-socketio.
+
+python-engineio gives each client a queue, a writer task, a reader loop with a task per message,
+a ping task, and (on aiohttp) the WebSocket objects of ``aiohttp.web``: ~30 KiB a client. Here:
+
+- ``LeanSocket`` is python-engineio's socket, still doing its handshake, long-polling, upgrade
+  rules and ping timeouts. On WebSocket it writes every packet straight into the transport
+  (its queue is used only while the client polls, or its upgrade is under way).
+- ``EngineWebSocket`` is the WebSocket under it (``server.websocket``): messages go to the socket
+  as they arrive, with no reader task.
+- ``PingScheduler`` sends every socket's pings from one task, instead of a task per socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+
+from engineio import packet as eio_packet
+from engineio.async_socket import AsyncSocket
+from engineio.exceptions import QueueEmpty
+from engineio.payload import Payload
+
+from server.background import spawn
+from server.events import Event
+from server.websocket import OP_BINARY, TakenOver, WebSocketProtocol, frame, handshake, take_over, text_frame
+
+MAX_QUEUED_PACKETS = 10_000  # while polling: Engine.IO's queue has no bound of its own
+
+
+class CountedPacket(eio_packet.Packet):  # type: ignore[misc]
+    """A MESSAGE queued for a polling socket; counts in its backlog until it is encoded (sent)."""
+
+    def __init__(self, socket: LeanSocket, data: str, size: int) -> None:
+        super().__init__(eio_packet.MESSAGE, data=data)
+        self._socket: LeanSocket | None = socket
+        self._size = size
+
+    def encode(self, b64: bool = False) -> Any:
+        if self._socket is not None:
+            self._socket.backlog_packets -= 1
+            self._socket.backlog_bytes -= self._size
+            self._socket = None
+        return super().encode(b64=b64)
+
+
+class LeanSocket(AsyncSocket):  # type: ignore[misc]
+    """python-engineio's socket, writing straight to its WebSocket (see the module docstring).
+
+    Sockets become this class in ``RealtimeServer._handle_eio_connect``, as soon as python-engineio
+    has made them, before anything but the OPEN packet is queued.
+    """
+
+    ws: EngineWebSocket | None
+    last_ping: float | None  # python-engineio's: when the unanswered ping was sent
+    backlog_packets: int
+    backlog_bytes: int
+
+    def adopt(self) -> None:
+        self._queue: asyncio.Queue[Any] | None = self.__dict__.pop("queue")
+        self.ws = None
+        self.backlog_packets = 0  # MESSAGEs in the queue, not yet sent (a polling client's backlog)
+        self.backlog_bytes = 0
+
+    # python-engineio's queue of packets for the client, made when needed: a WebSocket client
+    # never needs it once connected, and an asyncio.Queue is ~3 KiB.
+    @property
+    def queue(self) -> asyncio.Queue[Any]:
+        if self._queue is None:
+            self._queue = self.server.create_queue()
+        return self._queue
+
+    @queue.setter
+    def queue(self, queue: asyncio.Queue[Any]) -> None:
+        self._queue = queue
+
+    def _queue_empty(self) -> bool:
+        return self._queue is None or self._queue.empty()
+
+    def direct(self) -> EngineWebSocket | None:
+        """The WebSocket to write to, if nothing queued could be overtaken."""
+        ws = self.ws
+        if ws is not None and self.upgraded and not self.backlog_packets and self._queue_empty():
+            return ws
+        return None
+
+    def send_events(self, events: Sequence[Event], limit: int) -> bool:
+        """Send the events as Engine.IO MESSAGEs, in one write when on WebSocket.
+
+        False if the client's backlog is now over ``limit`` bytes.
+        """
+        if self.closed or self.closing:
+            return True
+        ws = self.direct()
+        if ws is None:
+            return self._enqueue([event.sio_payload for event in events], limit)
+        if ws.deflate:
+            ws.write(b"".join([event.sio_frame_deflated for event in events]))
+        else:
+            ws.write(events[0].sio_frame if len(events) == 1 else b"".join([e.sio_frame for e in events]))
+        return ws.buffered() <= limit
+
+    def send_message(self, payload: bytes, limit: int) -> bool:
+        """Send one Engine.IO MESSAGE whose data is ``payload``; False as for ``send_events``."""
+        if self.closed or self.closing:
+            return True
+        ws = self.direct()
+        if ws is None:
+            return self._enqueue([payload], limit)
+        ws.write(text_frame(b"4" + payload))
+        return ws.buffered() <= limit
+
+    def _enqueue(self, payloads: list[bytes], limit: int) -> bool:
+        for payload in payloads:
+            self.backlog_packets += 1
+            self.backlog_bytes += len(payload)
+            self.queue.put_nowait(CountedPacket(self, payload.decode(), len(payload)))
+        # Bounded in bytes like a WebSocket client's buffer (and in packets: each has a cost of its own).
+        return self.backlog_bytes <= limit and self.backlog_packets <= MAX_QUEUED_PACKETS
+
+    async def send(self, pkt: eio_packet.Packet) -> None:
+        if not await self.check_ping_timeout():
+            return
+        ws = self.direct()
+        if ws is not None:
+            ws.write_packet(pkt)
+        else:
+            await self.queue.put(pkt)
+
+    async def poll(self) -> list[eio_packet.Packet]:
+        """Engine.IO's ``poll`` with at most ``Payload.max_decode_packets`` packets per response.
+
+        python-engineio's own client refuses a long-polling payload of more packets than that (16)
+        and drops the connection; the rest stay queued for the next poll.
+        """
+        try:
+            first = await asyncio.wait_for(
+                self.queue.get(), self.server.ping_interval + self.server.ping_timeout
+            )
+            self.queue.task_done()
+        except (TimeoutError, asyncio.CancelledError):
+            raise QueueEmpty() from None
+        if first is None:
+            return []
+        packets = [first]
+        while len(packets) < Payload.max_decode_packets:
+            try:
+                pkt = self.queue.get_nowait()
+            except asyncio.QueueEmpty:
+                break
+            self.queue.task_done()
+            if pkt is None:
+                self.queue.put_nowait(None)
+                break
+            packets.append(pkt)
+        return packets
+
+    def schedule_ping(self) -> None:
+        if self.last_ping:  # python-engineio's rule: one ping cycle at a time
+            self.last_ping = None
+            self.server.pings.add(self)
+
+    async def close(self, wait: bool = True, abort: bool = False, reason: Any = None) -> None:
+        # On WebSocket nothing drains the queue any more: never wait for it.
+        await super().close(wait=wait and self.ws is None, abort=abort, reason=reason)
+        if self.ws is not None:
+            self.ws.close(1000)  # after the CLOSE packet, if one was sent
+        self.server.sockets.pop(self.sid, None)
+
+    def flush_queue(self) -> None:
+        """Once on WebSocket: what waited in the queue goes first, in order; then the queue goes."""
+        assert self.ws is not None
+        queue, self._queue = self._queue, None
+        while queue is not None and not queue.empty():
+            pkt = queue.get_nowait()
+            queue.task_done()
+            if pkt is not None:
+                self.ws.write_packet(pkt)
+
+
+class EngineWebSocket(WebSocketProtocol):
+    """The WebSocket under a ``LeanSocket``: a direct connection, or an upgrade from polling."""
+
+    __slots__ = ("socket", "state")
+
+    def __init__(self, socket: LeanSocket, max_message_bytes: int, deflate: bool) -> None:
+        super().__init__(max_message_bytes, deflate)
+        self.socket = socket
+        # "open"; or, upgrading from long-polling: "probe" (waiting for ping "probe"), then
+        # "upgrade" (waiting for the UPGRADE packet).
+        self.state = "probe" if socket.connected else "open"
+
+    def write_packet(self, pkt: eio_packet.Packet) -> None:
+        encoded = pkt.encode()
+        if isinstance(encoded, str):
+            self.write(text_frame(encoded.encode()))
+        else:
+            self.write(frame(OP_BINARY, encoded))
+
+    def on_message(self, data: str | bytes) -> None:
+        socket = self.socket
+        pkt = eio_packet.Packet(encoded_packet=data)
+        if self.state == "open":
+            if pkt.packet_type == eio_packet.PONG:
+                socket.schedule_ping()  # all that receive() does with it: no task for it
+            else:
+                spawn(socket.receive(pkt))
+        elif self.state == "probe":
+            if pkt.packet_type != eio_packet.PING or pkt.data != "probe":
+                self._refuse_upgrade()
+                return
+            self.write_packet(eio_packet.Packet(eio_packet.PONG, data="probe"))
+            socket.queue.put_nowait(eio_packet.Packet(eio_packet.NOOP))  # ends a waiting poll
+            self.state = "upgrade"
+        elif pkt.packet_type == eio_packet.UPGRADE:
+            socket.upgraded, socket.upgrading = True, False
+            self.state = "open"
+            socket.flush_queue()
+        else:
+            self._refuse_upgrade()
+
+    def _refuse_upgrade(self) -> None:
+        """The client did not complete the upgrade: it stays on long-polling."""
+        self.socket.upgrading = False
+        self.socket.ws = None
+        self.close(1002, "bad upgrade")
+
+    def on_closed(self, code: int) -> None:
+        socket = self.socket
+        if socket.ws is not self:
+            return
+        socket.ws = None
+        if self.state != "open":  # an upgrade that did not finish: the client stays on polling
+            socket.upgrading = False
+        elif not socket.closed:
+            spawn(socket.close(wait=False, abort=True, reason=socket.server.reason.TRANSPORT_CLOSE))
+
+
+class WebSocketDriver:
+    """What python-engineio calls to serve a WebSocket request (its ``_async['websocket']``)."""
+
+    compress = False  # set per server: see ``driver``
+
+    def __init__(self, handler: Any, server: Any) -> None:
+        self.socket: LeanSocket = handler.__self__  # the socket's own handler, which we replace
+        self.server = server
+
+    async def __call__(self, environ: dict[str, Any]) -> Any:
+        request = environ["aiohttp.request"]
+        response, deflate = handshake(request, self.compress)
+        socket = self.socket
+        ws = EngineWebSocket(socket, self.server.max_http_buffer_size, deflate)
+        take_over(request, response, ws)
+        socket.ws = ws
+        if ws.state == "probe":
+            socket.upgrading = True  # hold packet sends during the upgrade
+        else:
+            socket.connected = socket.upgraded = True
+            socket.flush_queue()  # the OPEN packet, and whatever followed it
+        return TakenOver()
+
+
+def driver(compress: bool) -> type[WebSocketDriver]:
+    return type("WebSocketDriver", (WebSocketDriver,), {"compress": compress})
+
+
+class PingScheduler:
+    """Sends each socket's next ping ``interval`` seconds after it is scheduled, from one task."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._due: deque[tuple[float, LeanSocket]] = deque()  # in due order: the interval is fixed
+        self._task: asyncio.Task[None] | None = None
+
+    def add(self, socket: LeanSocket) -> None:
+        self._due.append((time.monotonic() + self.interval, socket))
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        due = self._due
+        try:
+            while due:
+                wait = due[0][0] - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                    continue
+                _, socket = due.popleft()
+                if not socket.closing and not socket.closed:
+                    socket.last_ping = time.time()
+                    await socket.send(eio_packet.Packet(eio_packet.PING))
+        finally:
+            self._task = None
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
