@@ -293,6 +293,10 @@ async def test_heartbeat_setting_is_the_engine_io_ping_interval(
     await ws.send_str("40" + orjson.dumps({"token": make_token("u1")}).decode())
     assert (await ws.receive_str(timeout=3)).startswith("40")
     assert await ws.receive_str(timeout=2) == "2"  # the server's ping, one interval later
+    # Each pong starts the next interval: the pings go on (all sockets share one ping task).
+    for _ in range(2):
+        await ws.send_str("3")
+        assert await ws.receive_str(timeout=2) == "2"
     await ws.close()
 
 
