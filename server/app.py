@@ -48,7 +48,8 @@ def create_app(settings: Settings) -> web.Application:
     app[NODE] = node
     app[SETTINGS] = settings
 
-    app.router.add_get("/api/ws", WebSocketEndpoint(node, authenticator, settings.websocket).handle)
+    websocket = WebSocketEndpoint(node, authenticator, settings.websocket)
+    app.router.add_get("/api/ws", websocket.handle)
     sio = SocketIOEndpoint(node, authenticator, settings)
     sio.attach(app)
     admin.add_routes(api)
@@ -90,6 +91,8 @@ def create_app(settings: Settings) -> web.Application:
         log.info("clients closed for shutdown", extra={"connections": count})
 
     async def stop(_: web.Application) -> None:
+        websocket.heartbeat.stop()
+        sio.server.eio.pings.stop()
         await node.stop()
 
     app.on_startup.append(start)
