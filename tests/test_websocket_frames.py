@@ -11,7 +11,7 @@ import base64
 import os
 import struct
 import zlib
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from urllib.parse import urlsplit
 
 import orjson
@@ -108,7 +108,9 @@ async def raw_connect(live: Live, path: str, extensions: str | None = None) -> R
 
 
 @pytest.fixture
-async def raw(start_server: StartServer, settings_for: Callable[..., Settings]) -> tuple[Live, RawWebSocket]:
+async def raw(
+    start_server: StartServer, settings_for: Callable[..., Settings]
+) -> AsyncIterator[tuple[Live, RawWebSocket]]:
     live = await start_server(settings_for(websocket={"max_message_bytes": 1024}))
     ws = await raw_connect(live, f"/api/ws?token={make_token('u1')}")
     assert (await ws.message())["type"] == "connected"
