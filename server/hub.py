@@ -7,6 +7,7 @@ pre-encoded frame into its own bounded buffer, and a connection whose buffer ove
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from abc import ABC, abstractmethod
@@ -139,6 +140,7 @@ class Hub:
         self.connections: set[Connection] = set()
         self.delivered = 0
         self.users = UserCounts(self.rooms)
+        self._pending: list[Event] = []  # delivered at the next turn of the event loop
         self._by_transport: Counter[str] = Counter()
 
     def add(self, conn: Connection, rooms: Iterable[str]) -> None:
@@ -170,11 +172,22 @@ class Hub:
     def deliver(self, events: Sequence[Event]) -> None:
         """Hand each event to every local connection in any of its rooms, each exactly once.
 
-        Events that arrive together (a batch POST, one read of the Redis stream) reach each
-        connection as one write: one system call per client instead of one per client and event.
+        Delivery runs once the event loop has handled everything else that is ready (one
+        ``call_soon``), so that events arriving together (a batch POST, concurrent POSTs, one
+        read of the Redis stream) reach each connection as one write: one system call per client
+        instead of one per client and event.
         """
-        if not events:
-            return
+        if not self._pending:
+            asyncio.get_running_loop().call_soon(self.flush)
+        self._pending.extend(events)
+
+    def flush(self) -> None:
+        """Deliver what is pending now (before anything that must come after it, e.g. a close)."""
+        events, self._pending = self._pending, []
+        if events:
+            self._deliver_now(events)
+
+    def _deliver_now(self, events: list[Event]) -> None:
         rooms = events[0].rooms
         if all(event.rooms == rooms for event in events):
             targets = self._targets(rooms)
@@ -207,11 +220,13 @@ class Hub:
         return {transport: count for transport, count in self._by_transport.items() if count}
 
     def close_user(self, user_id: str, code: int, reason: str) -> int:
+        self.flush()  # events published before the close reach the user first
         conns = list(self.rooms.get(user_room(user_id), ()))
         for conn in conns:
             conn.close(code, reason)
         return len(conns)
 
     def close_all(self, code: int, reason: str) -> None:
+        self.flush()
         for conn in list(self.connections):
             conn.close(code, reason)
