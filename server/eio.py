@@ -26,7 +26,17 @@ from engineio.payload import Payload
 
 from server.background import spawn
 from server.events import Event
-from server.websocket import OP_BINARY, TakenOver, WebSocketProtocol, frame, handshake, take_over, text_frame
+from server.websocket import (
+    CLOSE_NORMAL,
+    CLOSE_PROTOCOL_ERROR,
+    OP_BINARY,
+    TakenOver,
+    WebSocketProtocol,
+    frame,
+    handshake,
+    take_over,
+    text_frame,
+)
 
 MAX_QUEUED_PACKETS = 10_000  # while polling: Engine.IO's queue has no bound of its own
 
@@ -167,7 +177,7 @@ class LeanSocket(AsyncSocket):  # type: ignore[misc]
         # On WebSocket nothing drains the queue any more: never wait for it.
         await super().close(wait=wait and self.ws is None, abort=abort, reason=reason)
         if self.ws is not None:
-            self.ws.close(1000)  # after the CLOSE packet, if one was sent
+            self.ws.close(CLOSE_NORMAL)  # after the CLOSE packet, if one was sent
         self.server.sockets.pop(self.sid, None)
 
     def flush_queue(self) -> None:
@@ -226,7 +236,7 @@ class EngineWebSocket(WebSocketProtocol):
         """The client did not complete the upgrade: it stays on long-polling."""
         self.socket.upgrading = False
         self.socket.ws = None
-        self.close(1002, "bad upgrade")
+        self.close(CLOSE_PROTOCOL_ERROR, "bad upgrade")
 
     def on_closed(self, code: int) -> None:
         socket = self.socket

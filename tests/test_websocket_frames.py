@@ -352,3 +352,27 @@ async def test_aiohttp_lets_go_of_a_taken_over_connection(raw: tuple[Live, RawWe
     assert await ws.message() == {"type": "pong"}
     handlers = [task for task in asyncio.all_tasks() if "_handle_request" in repr(task.get_coro())]
     assert handlers == []
+
+
+def deflated(data: bytes) -> bytes:
+    compressor = zlib.compressobj(wbits=-15)
+    return (compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH))[:-4]
+
+
+@pytest.mark.parametrize(
+    ("payload", "code"),
+    [
+        (deflated(b"x" * 5000), 1009),  # small on the wire, over max_message_bytes inflated
+        (b"\xff\xff\xff\xff not deflate", 1007),
+    ],
+    ids=["inflates-too-big", "not-deflate"],
+)
+async def test_bad_compressed_messages_close_with_their_code(
+    start_server: StartServer, settings_for: Callable[..., Settings], payload: bytes, code: int
+) -> None:
+    live = await start_server(settings_for(websocket={"compression": True, "max_message_bytes": 1024}))
+    ws = await raw_connect(live, f"/api/ws?token={make_token('u1')}", "permessage-deflate")
+    assert (await ws.message())["type"] == "connected"
+    ws.send(client_frame(TEXT, payload, rsv=0x40))
+    assert await ws.close_code() == code
+    ws.close()
