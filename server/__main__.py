@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import sys
 from typing import TYPE_CHECKING
@@ -53,6 +54,11 @@ def serve(settings: Settings) -> int:
         log.info("server listening", extra={"host": settings.host, "port": settings.port})
 
     app.on_startup.append(started)
+    # Everything built so far (modules, schemas, the app) lives as long as the process: keep it
+    # out of the collector's full passes, which otherwise scan it all and stall delivery for
+    # tens of milliseconds now and then (measured: 35 ms for the ~63,000 objects here).
+    gc.collect()
+    gc.freeze()
     try:
         web.run_app(
             app,
