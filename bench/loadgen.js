@@ -3,22 +3,25 @@
 // websocket, no socket.io-client) plus an HTTP publisher. Prints ONE JSON object on stdout.
 //
 //   node loadgen.js --proto ws|sio --ports 3001[,3002] --pub-port 3001 --pids PID[,PID]
-//                   --workloads latency,throughput,ingest | memory   [options, see DEFAULTS]
+//                   --workloads throughput,ingest | memory   [options, see DEFAULTS]
+//
+// (The latency workload is latency.py: it times frames by the kernel's receive timestamps.)
 //
 // Hot path is kept light: an event frame is not JSON-parsed; "seq" and "ts" are located in
 // the raw Buffer (the publisher puts them first in `data`). One frame in SAMPLE_EVERY is
 // fully parsed to check the frame format (type, data.seq, id string).
 const http = require('http');
+const net = require('net');
+const crypto = require('crypto');
 const fs = require('fs');
 const { performance } = require('perf_hooks');
-const WebSocket = require('ws');
 
 const DEFAULTS = {
   proto: 'ws', ports: '3000', 'pub-port': '', pids: '', 'redis-pid': '', 'clk-tck': '100',
-  workloads: 'latency,throughput,ingest', key: 'benchkey',
+  workloads: 'throughput,ingest', key: 'benchkey',
   clients: '1000', 'connect-parallel': '200', 'connect-timeout': '20',
   'mem-clients': '1000,10000', 'mem-settle': '2',
-  duration: '10', rate: '5', warmup: '1', batch: '25', window: '100', 'drain-timeout': '10',
+  duration: '10', warmup: '1', batch: '25', window: '100', 'drain-timeout': '10',
   'ingest-duration': '5', 'ingest-concurrency': '4', 'ingest-batch': '100', watchers: '10',
   'frame-bytes': '300',
 };
@@ -121,6 +124,89 @@ function readNumber(buf, pos) { // non-negative decimal (int or fraction) straig
   return (c === 101 || c === 69) ? NaN : v; // exponent: not produced for our ms timestamps
 }
 
+// ---------------------------------------------------------------- light WebSocket client
+// A client-side RFC 6455 reader on a bare net.Socket, instead of the `ws` package: with one
+// frame it costs about two thirds of what `ws` does (measured in the throughput workload, with
+// frames one per read and in batches), so the load generator limits a throughput run less.
+// It handles what these servers send: unmasked frames, split across reads or several per read,
+// fragments, ping (answered), close (code kept, answered). No extensions (no deflate).
+const WS_GUID = '258EAFA5-E914-47DA-95CA-C5AB0DC85B11';
+class LightSocket {
+  // Callbacks: onopen(), onmessage(Buffer), onclose(code), onerror(Error).
+  constructor(port, path) {
+    this.onopen = this.onmessage = this.onclose = this.onerror = null;
+    this.open = false; this.closeCode = 1006; this.pending = null; this.fragments = null;
+    const key = crypto.randomBytes(16).toString('base64');
+    this.accept = crypto.createHash('sha1').update(key + WS_GUID).digest('base64');
+    const sock = net.connect({ host: '127.0.0.1', port });
+    this.sock = sock;
+    sock.setNoDelay(true);
+    sock.on('connect', () => sock.write(`GET ${path} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n`
+      + `Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: ${key}\r\nSec-WebSocket-Version: 13\r\n\r\n`));
+    sock.on('data', (chunk) => this.received(chunk));
+    sock.on('error', (e) => { if (!this.open && this.onerror) this.onerror(e); });
+    sock.on('close', () => { const was = this.open; this.open = false; if (this.onclose) this.onclose(was ? this.closeCode : 1006); });
+  }
+
+  received(chunk) {
+    if (this.pending) { chunk = Buffer.concat([this.pending, chunk]); this.pending = null; }
+    let pos = 0;
+    if (!this.open) {
+      const end = chunk.indexOf('\r\n\r\n');
+      if (end < 0) { this.pending = chunk; return; }
+      const head = chunk.toString('latin1', 0, end);
+      if (!/^HTTP\/1\.1 101 /.test(head) || !head.includes(this.accept)) {
+        return this.fail(new Error(`handshake refused: ${head.split('\r\n')[0]}`));
+      }
+      this.open = true;
+      if (this.onopen) this.onopen();
+      pos = end + 4;
+    }
+    const n = chunk.length;
+    while (pos + 2 <= n) {
+      const b0 = chunk[pos], b1 = chunk[pos + 1];
+      if (b1 & 0x80) return this.fail(new Error('masked frame from server'));
+      let len = b1 & 0x7f, start = pos + 2;
+      if (len === 126) { if (start + 2 > n) break; len = chunk.readUInt16BE(pos + 2); start += 2; }
+      else if (len === 127) { if (start + 8 > n) break; len = Number(chunk.readBigUInt64BE(pos + 2)); start += 8; }
+      if (start + len > n) break;
+      this.frame(b0, chunk.subarray(start, start + len));
+      pos = start + len;
+    }
+    if (pos < n) this.pending = chunk.subarray(pos);
+  }
+
+  frame(b0, payload) {
+    const opcode = b0 & 0x0f, fin = b0 & 0x80;
+    if (opcode === 8) {
+      this.closeCode = payload.length >= 2 ? payload.readUInt16BE(0) : 1005;
+      this.write(0x8, payload.subarray(0, 2));
+      this.sock.end();
+    } else if (opcode === 9) this.write(0xa, payload);
+    else if (opcode === 10) { /* pong */ }
+    else if (opcode === 0 || !fin) {
+      (this.fragments ||= []).push(Buffer.from(payload));
+      if (fin) { const whole = Buffer.concat(this.fragments); this.fragments = null; this.onmessage(whole); }
+    } else this.onmessage(payload);
+  }
+
+  write(opcode, payload) { // client frames are masked (RFC 6455 5.3)
+    const len = payload.length;
+    const head = len < 126 ? 2 : 4;
+    const out = Buffer.allocUnsafe(head + 4 + len);
+    out[0] = 0x80 | opcode;
+    if (len < 126) out[1] = 0x80 | len; else { out[1] = 0x80 | 126; out.writeUInt16BE(len, 2); }
+    const mask = crypto.randomBytes(4);
+    mask.copy(out, head);
+    for (let i = 0; i < len; i++) out[head + 4 + i] = payload[i] ^ mask[i & 3];
+    this.sock.write(out);
+  }
+
+  send(text) { if (this.open) this.write(0x1, Buffer.from(text)); }
+  fail(e) { const was = this.open; this.open = false; if (!was && this.onerror) this.onerror(e); this.terminate(); }
+  terminate() { if (this.sock) { this.sock.destroy(); } }
+}
+
 class Client {
   constructor(index, port, stores) {
     this.index = index; this.port = port; this.stores = stores;
@@ -130,24 +216,24 @@ class Client {
 
   connect(timeoutMs) {
     const uid = `u${this.index}`;
-    let url;
+    let path;
     if (PROTO === 'ws') {
       const st = this.stores.length ? `&stores=${this.stores.join(',')}` : '';
-      url = `ws://127.0.0.1:${this.port}/api/ws?userId=${uid}&role=customer${st}`;
+      path = `/api/ws?userId=${uid}&role=customer${st}`;
     } else {
-      url = `ws://127.0.0.1:${this.port}/socket.io/?EIO=4&transport=websocket`;
+      path = `/socket.io/?EIO=4&transport=websocket`;
     }
     return new Promise((resolve, reject) => {
-      const ws = new WebSocket(url, { perMessageDeflate: false, skipUTF8Validation: true });
+      const ws = new LightSocket(this.port, path);
       this.ws = ws;
       const timer = setTimeout(() => { ws.terminate(); reject(new Error('connect timeout')); }, timeoutMs);
       const fail = (e) => { clearTimeout(timer); if (!this.ready) reject(e); };
-      ws.on('error', fail);
-      ws.on('close', (code) => {
+      ws.onerror = fail;
+      ws.onclose = (code) => {
         if (this.ready) { stats.drops++; stats.closeCodes[code] = (stats.closeCodes[code] || 0) + 1; this.ready = false; }
         fail(new Error(`closed ${code}`));
-      });
-      ws.on('message', (buf) => {
+      };
+      ws.onmessage = (buf) => {
         if (this.ready) return this.onFrame(buf);
         const s = buf.toString();
         if (PROTO === 'ws') {
@@ -162,7 +248,7 @@ class Client {
         else if (s.startsWith('44')) return fail(new Error(`connect_error ${s}`));
         else if (s === '2') ws.send('3');
         if (this.ready) { clearTimeout(timer); resolve(this); }
-      });
+      };
     });
   }
 
@@ -290,25 +376,6 @@ function windowFigures(a, b) {
 const live = (clients) => clients.filter((c) => c.ready);
 
 // ---------------------------------------------------------------- workloads
-async function wlLatency(clients) {
-  const rate = num('rate'), total = Math.max(1, Math.round(rate * num('duration')));
-  for (let k = 0; k < 5; k++) { await post(storeEvent()); await sleep(1000 / rate); } // warm-up, not counted
-  await sleep(200);
-  startTracking(clients);
-  const a = snapshot();
-  let posted = 0, errors = 0;
-  const t0 = now();
-  for (let k = 0; k < total; k++) {
-    const wait = t0 + (k * 1000) / rate - now();
-    if (wait > 0) await sleep(wait);
-    const r = await post(storeEvent());
-    if (r.status === 202) posted++; else errors++;
-  }
-  const drained = await drain(clients, posted);
-  const b = snapshot();
-  return { events_posted: posted, post_errors: errors, drained, ...track.hist.summary(), ...windowFigures(a, b), ...seqReport(clients, posted) };
-}
-
 async function wlThroughput(clients) {
   const batch = num('batch'), window = num('window');
   startTracking(clients);
@@ -438,8 +505,7 @@ async function main() {
       const cs = live(clients);
       baseDeliveries = stats.deliveries;
       log(`${w}: ${cs.length} clients`);
-      if (w === 'latency') result.latency = await wlLatency(cs);
-      else if (w === 'throughput') result.throughput = await wlThroughput(cs);
+      if (w === 'throughput') result.throughput = await wlThroughput(cs);
       else if (w === 'ingest') result.ingest = await wlIngest(cs, live(clients.slice(0, nw)));
       else throw new Error(`unknown workload ${w}`);
       log(`${w}: ${JSON.stringify(result[w])}`);
