@@ -65,6 +65,17 @@ class Live:
         assert first["type"] == "connected", first
         return ws, first
 
+    async def sio_ws(self, auth: dict[str, Any]) -> aiohttp.ClientWebSocketResponse:
+        """A raw Engine.IO WebSocket, connected to the Socket.IO namespace with ``auth``: for tests
+        that need to see (or not read) the frames themselves."""
+        url = f"{self.base}/socket.io/?EIO=4&transport=websocket"
+        ws = await self.session.ws_connect(url, autoclose=False)
+        assert (await ws.receive_str(timeout=3)).startswith("0")
+        await ws.send_str("40" + orjson.dumps(auth).decode())
+        connected = await ws.receive_str(timeout=3)
+        assert connected.startswith("40"), connected
+        return ws
+
     async def sio(self, auth: dict[str, Any] | None = None, transports: list[str] | None = None) -> SioClient:
         client = SioClient()
         await client.connect(self.base, auth, transports)

@@ -288,10 +288,7 @@ async def test_heartbeat_setting_is_the_engine_io_ping_interval(
     live = await start_server(settings_for(websocket={"heartbeat_seconds": 1}))
     handshake = await RawEngineIO(live).open_polling()
     assert handshake["pingInterval"] == 1000
-    ws = await live.session.ws_connect(f"{live.base}/socket.io/?EIO=4&transport=websocket", autoclose=False)
-    assert (await ws.receive_str(timeout=3)).startswith("0")
-    await ws.send_str("40" + orjson.dumps({"token": make_token("u1")}).decode())
-    assert (await ws.receive_str(timeout=3)).startswith("40")
+    ws = await live.sio_ws({"token": make_token("u1")})
     assert await ws.receive_str(timeout=2) == "2"  # the server's ping, one interval later
     # Each pong starts the next interval: the pings go on (all sockets share one ping task).
     for _ in range(2):
@@ -347,10 +344,7 @@ async def test_slow_consumer_is_closed_while_a_reader_gets_every_event_in_order(
     connected; aiohttp then stops reading the socket (backpressure). The reader is python-socketio."""
     live = await start_server(settings_for(websocket={"send_buffer_bytes": 65536}))
     reader = await live.sio({"token": make_token("reader"), "stores": ["s1"]})
-    slow = await live.session.ws_connect(f"{live.base}/socket.io/?EIO=4&transport=websocket", autoclose=False)
-    assert (await slow.receive_str(timeout=3)).startswith("0")
-    await slow.send_str("40" + orjson.dumps({"token": make_token("slow"), "stores": ["s1"]}).decode())
-    assert (await slow.receive_str(timeout=3)).startswith("40")
+    slow = await live.sio_ws({"token": make_token("slow"), "stores": ["s1"]})
     assert {c.user_id for c in live.node.hub.connections} == {"reader", "slow"}
 
     def slow_open() -> bool:
@@ -384,10 +378,7 @@ async def test_slow_consumer_that_reads_again_gets_its_events_in_order_then_1008
     start_server: StartServer, settings_for: Callable[..., Settings]
 ) -> None:
     live = await start_server(settings_for(websocket={"send_buffer_bytes": 65536}))
-    slow = await live.session.ws_connect(f"{live.base}/socket.io/?EIO=4&transport=websocket", autoclose=False)
-    assert (await slow.receive_str(timeout=3)).startswith("0")
-    await slow.send_str("40" + orjson.dumps({"token": make_token("slow"), "stores": ["s1"]}).decode())
-    assert (await slow.receive_str(timeout=3)).startswith("40")
+    slow = await live.sio_ws({"token": make_token("slow"), "stores": ["s1"]})
     pad = "x" * 20_000
     ids: list[str] = []
     while any(not c.closed for c in live.node.hub.connections):
@@ -413,10 +404,7 @@ async def test_message_over_max_message_bytes_closes_with_1009(
     start_server: StartServer, settings_for: Callable[..., Settings]
 ) -> None:
     live = await start_server(settings_for(websocket={"max_message_bytes": 1024}))
-    ws = await live.session.ws_connect(f"{live.base}/socket.io/?EIO=4&transport=websocket", autoclose=False)
-    assert (await ws.receive_str(timeout=3)).startswith("0")
-    await ws.send_str("40" + orjson.dumps({"token": make_token("u1")}).decode())
-    assert (await ws.receive_str(timeout=3)).startswith("40")
+    ws = await live.sio_ws({"token": make_token("u1")})
     # Exactly the limit is allowed: an ack comes back.
     empty = '421["subscribe",{"storeId":"s1","pad":""}]'
     await ws.send_str(empty.replace('"pad":""', '"pad":"' + "x" * (1024 - len(empty)) + '"'))
