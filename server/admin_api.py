@@ -145,7 +145,12 @@ class AdminApi:
         try:
             ids = await self.node.publish(events)
         except BackplaneUnavailable as exc:
-            error = ApiError(503, "unavailable", f"events cannot be accepted now, nothing was: {exc}")
+            outcome = (
+                "the events may still be delivered: retry with the same idempotency keys"
+                if exc.maybe_accepted
+                else "nothing was accepted"
+            )
+            error = ApiError(503, "unavailable", f"events cannot be accepted now: {exc}; {outcome}")
             error.headers["Retry-After"] = str(exc.retry_after)
             raise error from None
         return json_response({"accepted": len(ids), "ids": ids}, status=202)

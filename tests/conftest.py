@@ -42,6 +42,15 @@ def redis_server() -> Iterator[RedisServer | ExternalRedis]:
     server.stop()
 
 
+@pytest.fixture
+def redis() -> Iterator[RedisServer]:
+    """A redis-server of this test's own: fault tests stop, pause and restart it."""
+    server = RedisServer()
+    server.start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture(params=["memory", "redis"])
 def backplane(request: pytest.FixtureRequest) -> str:
     """Run the test on each backplane, as encode/broadcaster runs its cases on every backend."""

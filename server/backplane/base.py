@@ -20,11 +20,16 @@ CommandSink = Callable[[dict[str, Any]], None]
 
 
 class BackplaneUnavailable(Exception):
-    """Delivery cannot be accepted right now; nothing was accepted. Retry after ``retry_after`` s."""
+    """Delivery cannot be accepted right now. Retry after ``retry_after`` s.
 
-    def __init__(self, message: str, retry_after: int = 2) -> None:
+    Nothing was accepted, unless ``maybe_accepted``: the backplane failed while running the
+    request, so its events may still be delivered (idempotency keys make the retry safe).
+    """
+
+    def __init__(self, message: str, retry_after: int = 2, *, maybe_accepted: bool = False) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.maybe_accepted = maybe_accepted
 
 
 class HistoryExpired(Exception):

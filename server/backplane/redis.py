@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
@@ -28,7 +29,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from server.backplane.base import (
     Backplane,
@@ -41,6 +42,7 @@ from server.backplane.base import (
     parse_after,
     select_missed,
 )
+from server.backplane.resp import ReplyLost, RespConnection
 from server.config import Settings
 from server.events import Event, EventId, OutgoingEvent, format_event_id, parse_event_id
 
@@ -97,6 +99,9 @@ redis.call('INCRBY', KEYS[3], 1)
 )
 
 
+_SHA = {script: hashlib.sha1(script.encode()).hexdigest() for script in (_PUBLISH, _COMMAND)}
+
+
 def _id(raw: bytes | str) -> str:
     return raw.decode() if isinstance(raw, bytes) else raw
 
@@ -131,9 +136,11 @@ class RedisBackplane(Backplane):
         if config.url.startswith("rediss://") and not config.tls_verify:
             options.update(ssl_cert_reqs="none", ssl_check_hostname=False)
         self.redis: aioredis.Redis = aioredis.from_url(config.url, **options)
-        self._tail_redis: aioredis.Redis = aioredis.from_url(config.url, **options)
-        self._publish_script = self.redis.register_script(_PUBLISH)
-        self._command_script = self.redis.register_script(_COMMAND)
+        # The hot path (publish, tail) bypasses redis-py: see server/backplane/resp.py.
+        self._publisher, self._tailer = (
+            RespConnection(config.url, tls_verify=config.tls_verify, timeout=BLOCK_MS / 1000 + 3)
+            for _ in range(2)
+        )
         self._ensure_script = self.redis.register_script(_ENSURE_FLOOR)
         self._on_event: EventSink | None = None
         self._on_command: CommandSink | None = None
@@ -167,18 +174,15 @@ class RedisBackplane(Backplane):
         self._running = False
         for task in self._tasks:
             task.cancel()
-        _, pending = await asyncio.wait(self._tasks, timeout=1.0)
-        if pending:
-            # redis-py can hold on to a cancelled blocking XREAD: drop its connection to end it.
-            await self._tail_redis.connection_pool.disconnect(inuse_connections=True)
-            await asyncio.wait(pending, timeout=BLOCK_MS / 1000 + 1)
+        await asyncio.wait(self._tasks, timeout=BLOCK_MS / 1000 + 1)
+        self._publisher.close()
+        self._tailer.close()
         with contextlib.suppress(RedisError, OSError):
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.zrem(self.nodes_key, self.node)
                 pipe.delete(self.node_key, self.users_key)
                 await pipe.execute()
         await self.redis.aclose()
-        await self._tail_redis.aclose()
 
     @property
     def ready(self) -> bool:
@@ -189,6 +193,10 @@ class RedisBackplane(Backplane):
     async def _reachable(self) -> AsyncIterator[None]:
         try:
             yield
+        except ReplyLost:
+            raise BackplaneUnavailable(
+                "Redis failed while running the request", self.retry_after, maybe_accepted=True
+            ) from None
         except (RedisError, OSError) as exc:
             raise BackplaneUnavailable(
                 f"Redis is unreachable ({type(exc).__name__})", self.retry_after
@@ -205,15 +213,23 @@ class RedisBackplane(Backplane):
         for event in events:
             args += [event.type, event.data_json, orjson.dumps(event.rooms), event.idempotency_key or ""]
         async with self._reachable():
-            ids = await self._publish_script(keys=[self.stream, self.floor_key, self.added_key], args=args)
+            ids = await self._eval(_PUBLISH, args)
         return [_id(raw) for raw in ids]
 
     async def command(self, command: dict[str, Any]) -> None:
         async with self._reachable():
-            await self._command_script(
-                keys=[self.stream, self.floor_key, self.added_key],
-                args=[self.settings.history.max_events, orjson.dumps(command)],
-            )
+            await self._eval(_COMMAND, [self.settings.history.max_events, orjson.dumps(command)])
+
+    async def _eval(self, script: str, args: list[Any]) -> Any:
+        """Run a script on the stream's keys by its SHA, sending its text only when Redis lacks it."""
+        call = self._publisher.call
+        keys = (self.stream, self.floor_key, self.added_key)
+        try:
+            return await call("EVALSHA", _SHA[script], len(keys), *keys, *args)
+        except ResponseError as exc:
+            if not str(exc).startswith("NOSCRIPT"):
+                raise
+            return await call("EVAL", script, len(keys), *keys, *args)
 
     async def _tail(self) -> None:
         """Read the stream forever, from where this process left off; reconnect with backoff."""
@@ -224,13 +240,15 @@ class RedisBackplane(Backplane):
                 if last is None:
                     last = await self._position()
                 if not self._tail_ok:
-                    await self._tail_redis.ping()  # ready now, not after a first XREAD's BLOCK
+                    await self._tailer.call("PING")  # ready now, not after a first XREAD's BLOCK
                     log.info("backplane tail connected", extra={"node": self.node, "from": last})
                     self._tail_ok, self._last_read = True, time.monotonic()
                     self._connected.set()
-                reply: Any = await self._tail_redis.xread({self.stream: last}, block=BLOCK_MS, count=1000)
+                reply: Any = await self._tailer.call(
+                    "XREAD", "COUNT", 1000, "BLOCK", BLOCK_MS, "STREAMS", self.stream, last
+                )
                 self._last_read, backoff = time.monotonic(), 0.1
-                for _, entries in reply:
+                for _, entries in reply or ():
                     last = self._dispatch(entries) or last
             except asyncio.CancelledError:
                 raise
@@ -243,14 +261,15 @@ class RedisBackplane(Backplane):
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
 
-    def _dispatch(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> str:
+    def _dispatch(self, entries: list[list[Any]]) -> str:
         """Hand the events read to the hub together, commands in their place; the last id read."""
         assert self._on_event is not None and self._on_command is not None
         events: list[Event] = []
         event_id = ""
-        for raw_id, fields in entries:
+        for raw_id, flat in entries:  # XREAD's reply: [id, [field, value, field, value...]]
             event_id = _id(raw_id)
             try:
+                fields = dict(zip(flat[::2], flat[1::2], strict=True))
                 if b"cmd" in fields:
                     if events:
                         self._on_event(events)
