@@ -25,7 +25,7 @@ from engineio.exceptions import QueueEmpty
 from engineio.payload import Payload
 
 from server.background import spawn
-from server.events import Event
+from server.events import SIO_FRAME, SIO_FRAME_DEFLATED, Event, joined
 from server.websocket import (
     CLOSE_NORMAL,
     CLOSE_PROTOCOL_ERROR,
@@ -107,10 +107,7 @@ class LeanSocket(AsyncSocket):  # type: ignore[misc]
         ws = self.direct()
         if ws is None:
             return self._enqueue([event.sio_payload for event in events], limit)
-        if ws.deflate:
-            ws.write(b"".join([event.sio_frame_deflated for event in events]))
-        else:
-            ws.write(events[0].sio_frame if len(events) == 1 else b"".join([e.sio_frame for e in events]))
+        ws.write(joined(events, SIO_FRAME_DEFLATED if ws.deflate else SIO_FRAME))
         return ws.buffered() <= limit
 
     def send_message(self, payload: bytes, limit: int) -> bool:

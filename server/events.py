@@ -1,12 +1,15 @@
 """The event as it travels from the backplane to the transports, and its wire encodings.
 
 An event's ``data`` is JSON-encoded once when it is published; every frame below is built from
-those bytes by concatenation, once per event (cached), never once per recipient.
+those bytes by concatenation, once per event (cached), never once per recipient. Events that go
+to many connections together (an ``EventBatch``) are also joined once per wire form.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 
 import orjson
 
@@ -99,6 +102,36 @@ class Event:
         if self._sio_frame_deflated is None:
             self._sio_frame_deflated = frame(OP_TEXT, deflate(b"4" + self.sio_payload), rsv1=True)
         return self._sio_frame_deflated
+
+
+Form = Callable[["Event"], bytes]
+WS_FRAME: Form = attrgetter("ws_frame")
+WS_FRAME_DEFLATED: Form = attrgetter("ws_frame_deflated")
+SIO_FRAME: Form = attrgetter("sio_frame")
+SIO_FRAME_DEFLATED: Form = attrgetter("sio_frame_deflated")
+
+
+class EventBatch(list[Event]):
+    """Events on their way to many connections together (a broadcast): each wire form of the
+    whole batch is joined once, not once per connection."""
+
+    __slots__ = ("_joined",)
+
+    def __init__(self, events: Sequence[Event]) -> None:
+        super().__init__(events)
+        self._joined: dict[Form, bytes] = {}
+
+
+def joined(events: Sequence[Event], form: Form) -> bytes:
+    """The ``form`` frames of ``events`` (e.g. ``WS_FRAME``), in order, as one write."""
+    if len(events) == 1:
+        return form(events[0])
+    if isinstance(events, EventBatch):
+        frames = events._joined.get(form)
+        if frames is None:
+            frames = events._joined[form] = b"".join(map(form, events))
+        return frames
+    return b"".join(map(form, events))
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 from handlers.subscriptions import USER_PREFIX, user_room
 from server.auth import Identity
-from server.events import Event, EventId
+from server.events import Event, EventBatch, EventId
 
 log = logging.getLogger(__name__)
 
@@ -191,8 +191,9 @@ class Hub:
         rooms = events[0].rooms
         if all(event.rooms == rooms for event in events):
             targets = self._targets(rooms)
+            batch = EventBatch(events)
             for conn in targets:
-                conn.deliver(events)
+                conn.deliver(batch)
             self.delivered += len(targets) * len(events)
             return
         per_connection: dict[Connection, list[Event]] = {}

@@ -12,7 +12,7 @@ from aiohttp import web
 from handlers.subscriptions import SubscriptionError, base_rooms, parse_store_list, store_rooms, valid_id
 from server.auth import Authenticator, AuthError, Credentials, Identity
 from server.config import WebSocketSettings
-from server.events import Event
+from server.events import WS_FRAME, WS_FRAME_DEFLATED, Event, joined
 from server.hub import CLOSE_RATE_LIMITED, CLOSE_SLOW_CONSUMER, Connection
 from server.node import Node
 from server.websocket import (
@@ -62,10 +62,7 @@ class WebSocketConnection(Connection):
         self.socket = _Socket(self, settings.max_message_bytes, deflate)
 
     def send_events(self, events: Sequence[Event]) -> None:
-        if self.socket.deflate:
-            self._write(b"".join([e.ws_frame_deflated for e in events]))
-        else:
-            self._write(events[0].ws_frame if len(events) == 1 else b"".join([e.ws_frame for e in events]))
+        self._write(joined(events, WS_FRAME_DEFLATED if self.socket.deflate else WS_FRAME))
 
     def send_message(self, message: dict[str, Any]) -> None:
         self._write(text_frame(orjson.dumps(message)))

@@ -376,3 +376,36 @@ async def test_bad_compressed_messages_close_with_their_code(
     ws.send(client_frame(TEXT, payload, rsv=0x40))
     assert await ws.close_code() == code
     ws.close()
+
+
+async def test_a_broadcast_batch_reaches_every_transport_and_wire_form_whole_and_in_order(
+    start_server: StartServer, settings_for: Callable[..., Settings]
+) -> None:
+    """A batch to one audience is joined once per wire form and shared by all its connections:
+    plain and compressed WebSocket, Socket.IO over WebSocket and over polling each get its own form."""
+    live = await start_server(settings_for(websocket={"compression": True}))
+    offer = "permessage-deflate; client_max_window_bits"
+    plain = await raw_connect(live, f"/api/ws?token={make_token('u1')}")
+    compressed = await raw_connect(live, f"/api/ws?token={make_token('u2')}", offer)
+    for ws in (plain, compressed):
+        assert (await ws.message())["type"] == "connected"
+    sio = await live.sio({"token": make_token("u3")})
+    polling = await live.sio({"token": make_token("u4")}, transports=["polling"])
+    events = [{"type": "store_updated", "data": {"storeId": f"s{n}", "store": {"n": n}}} for n in range(30)]
+    status, body = await live.post({"events": events})
+    assert status == 202
+    for ws, rsv1 in ((plain, 0), (compressed, 0x40)):
+        received = []
+        for _ in events:
+            first, opcode, payload = await ws.frame()
+            assert opcode == TEXT and first & 0x40 == rsv1
+            text = zlib.decompressobj(-15).decompress(payload + b"\x00\x00\xff\xff") if rsv1 else payload
+            received.append(orjson.loads(text))
+        assert [m["id"] for m in received] == body["ids"]
+        assert [m["data"]["store"]["n"] for m in received] == list(range(30))
+        ws.close()
+    for client in (sio, polling):
+        got = await client.wait_for(len(events))
+        assert [args[-1] for _, args in got] == body["ids"]
+        assert [args[0]["store"]["n"] for _, args in got] == list(range(30))
+        await client.close()
