@@ -11,6 +11,7 @@ from aiohttp import web
 
 from handlers.subscriptions import SubscriptionError, base_rooms, parse_store_list, store_rooms, valid_id
 from server.auth import Authenticator, AuthError, Credentials, Identity
+from server.background import spawn
 from server.config import WebSocketSettings
 from server.events import WS_FRAME, WS_FRAME_DEFLATED, Event, joined
 from server.hub import CLOSE_RATE_LIMITED, CLOSE_SLOW_CONSUMER, Connection
@@ -120,15 +121,21 @@ class WebSocketEndpoint:
         assert socket.transport is not None
         # Nothing the client sends is answered before its ``connected`` frame.
         socket.transport.pause_reading()
+        # The socket is ours now, no longer the request's: aiohttp may cancel this handler once
+        # it believes the connection gone (its test server does), so the greeting runs apart.
+        spawn(self._open(conn, rooms, request.query.get("lastEventId")))
+        return TakenOver()
+
+    async def _open(self, conn: WebSocketConnection, rooms: list[str], last_event_id: str | None) -> None:
+        socket = conn.socket
         try:
-            await self._greet(conn, rooms, request.query.get("lastEventId"))
+            await self._greet(conn, rooms, last_event_id)
         except Exception:
             log.exception("websocket connect failed")
             conn.close(CLOSE_INTERNAL_ERROR, "internal error")
         if socket.transport is not None and not conn.closed:
             socket.transport.resume_reading()
             self.heartbeat.add(socket)
-        return TakenOver()
 
     def gone(self, conn: WebSocketConnection, code: int) -> None:
         self.heartbeat.discard(conn.socket)

@@ -99,7 +99,17 @@ redis.call('INCRBY', KEYS[3], 1)
 )
 
 
-_SHA = {script: hashlib.sha1(script.encode()).hexdigest() for script in (_PUBLISH, _COMMAND)}
+# The id of the newest event, or the floor when there is none yet.
+_POSITION = (
+    _ENSURE_FLOOR
+    + """
+local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+if #newest > 0 then return newest[1][1] end
+return redis.call('GET', KEYS[2])
+"""
+)
+
+_SHA = {script: hashlib.sha1(script.encode()).hexdigest() for script in (_PUBLISH, _COMMAND, _POSITION)}
 
 
 def _id(raw: bytes | str) -> str:
@@ -141,7 +151,6 @@ class RedisBackplane(Backplane):
             RespConnection(config.url, tls_verify=config.tls_verify, timeout=BLOCK_MS / 1000 + 3)
             for _ in range(2)
         )
-        self._ensure_script = self.redis.register_script(_ENSURE_FLOOR)
         self._on_event: EventSink | None = None
         self._on_command: CommandSink | None = None
         self._report: Callable[[], NodeReport] | None = None
@@ -284,12 +293,7 @@ class RedisBackplane(Backplane):
         return event_id
 
     async def _position(self) -> str:
-        await self._ensure_script(keys=[self.stream, self.floor_key])
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.xrevrange(self.stream, "+", "-", count=1)
-            pipe.get(self.floor_key)
-            newest, floor = await pipe.execute()
-        return _id(newest[0][0]) if newest else _id(floor)
+        return _id(await self._eval(_POSITION, []))
 
     async def position(self) -> str:
         async with self._reachable():
