@@ -117,3 +117,23 @@ async def test_a_publish_to_a_frozen_redis_answers_503_saying_the_outcome_is_unk
     if frames[0]["id"] != body["ids"][0]:  # the frozen Redis did run the first one after all
         frames.append(await recv(ws, timeout=5))
     assert frames[-1]["id"] == body["ids"][0]
+
+
+async def test_a_set_up_left_unanswered_is_not_taken_for_a_lost_reply() -> None:
+    """AUTH sent on a new connection and never answered: nothing of the caller's was sent, so the
+    error must not say the command may have run (a publish would answer "may still be delivered")."""
+    server = RedisServer(password="s3cret")
+    server.start()
+    try:
+        conn = RespConnection(server.url, tls_verify=True, timeout=2.0, connect_timeout=0.3)
+        server.pause()
+        try:
+            with pytest.raises(ConnectionError) as caught:
+                await conn.call("PING")
+        finally:
+            server.resume()
+        assert not isinstance(caught.value, ReplyLost), caught.value
+        assert await conn.call("PING") == b"PONG"  # and the next call connects afresh
+        conn.close()
+    finally:
+        server.stop()

@@ -129,8 +129,10 @@ class RespConnection:
                     await self._send(protocol, ("AUTH", *auth), self.connect_timeout)
                 if options.get("db"):
                     await self._send(protocol, ("SELECT", options["db"]), self.connect_timeout)
-            except BaseException:
+            except BaseException as exc:
                 protocol.fail(ConnectionError("Redis refused the connection's set-up"))
+                if isinstance(exc, ReplyLost):  # nothing of the caller's was sent yet
+                    raise ConnectionError(f"Redis did not answer the connection's set-up ({exc})") from exc
                 raise
             self._protocol = protocol
             return protocol
