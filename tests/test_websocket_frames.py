@@ -87,6 +87,11 @@ class RawWebSocket:
         self.writer.close()
 
 
+def inflate(payload: bytes) -> bytes:
+    """A permessage-deflate message without context (RFC 7692: the sender dropped the tail)."""
+    return zlib.decompressobj(-15).decompress(payload + b"\x00\x00\xff\xff")
+
+
 async def raw_connect(live: Live, path: str, extensions: str | None = None) -> RawWebSocket:
     url = urlsplit(live.base)
     reader, writer = await asyncio.open_connection(url.hostname, url.port)
@@ -285,7 +290,7 @@ async def test_compression_when_on_is_agreed_without_context_and_events_arrive_c
     assert status == 202
     first, opcode, payload = await ws.frame()
     assert opcode == TEXT and first & 0x40, "RSV1: the message is compressed"
-    text = zlib.decompressobj(-15).decompress(payload + b"\x00\x00\xff\xff")
+    text = inflate(payload)
     assert orjson.loads(text) == {
         "type": "store_updated",
         "data": {"storeId": "s1", "store": {"n": 1}},
@@ -399,7 +404,7 @@ async def test_a_broadcast_batch_reaches_every_transport_and_wire_form_whole_and
         for _ in events:
             first, opcode, payload = await ws.frame()
             assert opcode == TEXT and first & 0x40 == rsv1
-            text = zlib.decompressobj(-15).decompress(payload + b"\x00\x00\xff\xff") if rsv1 else payload
+            text = inflate(payload) if rsv1 else payload
             received.append(orjson.loads(text))
         assert [m["id"] for m in received] == body["ids"]
         assert [m["data"]["store"]["n"] for m in received] == list(range(30))
