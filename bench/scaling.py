@@ -10,8 +10,10 @@ here the clients are plain-WebSocket sinks with 4 MB receive buffers, read in la
 times a second and not parsed; a few tracker clients per process parse every frame and check
 that nothing is lost, duplicated or reordered. Three publishers per process (one POST in flight
 each) keep every process a bounded number of events ahead of what it has delivered
-(``realtime_deliveries_total`` from ``/metrics``). With one, a process would wait for the other's
-publisher, which waits while that process delivers: each would idle a fifth of the time. The
+(``realtime_deliveries_total`` from ``/metrics``, polled 20 times a second by one thread over
+keep-alive connections: a fresh poll before every POST made each publisher wait out two extra
+round trips, and the processes idled). With one publisher per process, a process would wait for
+the other's publisher, which waits while that process delivers. The
 figure is each process's deliveries counted by the process itself over the window, with its CPU
 share (a process under about 90 % was not the limit).
 
@@ -34,11 +36,13 @@ TRACKERS_PER_PROCESS = 2
 READ_BUFFER = 4 * 1024 * 1024
 
 
-def deliveries(port: int) -> int:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+def deliveries(port: int, conn: http.client.HTTPConnection | None = None) -> int:
+    own = conn is None
+    conn = conn or http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     conn.request("GET", "/metrics")
     body = conn.getresponse().read().decode()
-    conn.close()
+    if own:
+        conn.close()
     for line in body.splitlines():
         if line.startswith("realtime_deliveries_total "):
             return int(float(line.split()[1]))
@@ -85,8 +89,23 @@ def main() -> int:
     sink_bytes = 0
     last_seen: dict[tuple[int, int], int] = {}  # (client, publisher) -> last seq: order per publisher
 
+    delivered = {port: 0 for port in ports}
+
+    def watch_progress() -> None:
+        """Polls each process's delivery count 20 times a second: one /metrics request per
+        POST would cost the server (and this client) more than the publishing itself."""
+        conns = {port: http.client.HTTPConnection("127.0.0.1", port, timeout=5) for port in ports}
+        try:
+            while not stop.is_set():
+                for port, conn in conns.items():
+                    delivered[port] = deliveries(port, conn)
+                time.sleep(0.05)
+        except Exception as exc:
+            errors.append(f"progress: {exc!r}")
+            stop.set()
+
     def behind() -> int:  # events the furthest-behind process has still to deliver
-        return max(posted - deliveries(port) // per_port[port] for port in ports)
+        return max(posted - delivered[port] // per_port[port] for port in ports)
 
     publishers = len(ports) * args.publishers
 
@@ -155,6 +174,7 @@ def main() -> int:
             time.sleep(0.2)
 
     threads = [threading.Thread(target=publish, args=(k,), daemon=True) for k in range(publishers)]
+    threads.append(threading.Thread(target=watch_progress, daemon=True))
     for thread in threads:
         thread.start()
     run_for(args.warmup)
