@@ -36,17 +36,14 @@ TRACKERS_PER_PROCESS = 2
 READ_BUFFER = 4 * 1024 * 1024
 
 
-def deliveries(port: int, conn: http.client.HTTPConnection | None = None) -> int:
-    own = conn is None
-    conn = conn or http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+def deliveries(conn: http.client.HTTPConnection) -> int:
+    """The process's delivery count, over a keep-alive connection to it (one per thread)."""
     conn.request("GET", "/metrics")
     body = conn.getresponse().read().decode()
-    if own:
-        conn.close()
     for line in body.splitlines():
         if line.startswith("realtime_deliveries_total "):
             return int(float(line.split()[1]))
-    raise RuntimeError(f"no realtime_deliveries_total on port {port}")
+    raise RuntimeError(f"no realtime_deliveries_total on port {conn.port}")
 
 
 def main() -> int:
@@ -98,7 +95,7 @@ def main() -> int:
         try:
             while not stop.is_set():
                 for port, conn in conns.items():
-                    delivered[port] = deliveries(port, conn)
+                    delivered[port] = deliveries(conn)
                 time.sleep(0.05)
         except Exception as exc:
             errors.append(f"progress: {exc!r}")
@@ -178,13 +175,14 @@ def main() -> int:
     for thread in threads:
         thread.start()
     run_for(args.warmup)
-    counts_a = {port: deliveries(port) for port in ports}
+    probes = {port: http.client.HTTPConnection("127.0.0.1", port, timeout=5) for port in ports}
+    counts_a = {port: deliveries(probes[port]) for port in ports}
     cpu_a = [cpu_seconds(p) for p in pids]
     redis_a = cpu_seconds(args.redis_pid) if args.redis_pid else 0.0
     self_a, t_a = time.process_time(), time.monotonic()
     run_for(args.seconds)
     t_b, self_b = time.monotonic(), time.process_time()
-    counts_b = {port: deliveries(port) for port in ports}
+    counts_b = {port: deliveries(probes[port]) for port in ports}
     cpu_b = [cpu_seconds(p) for p in pids]
     redis_b = cpu_seconds(args.redis_pid) if args.redis_pid else 0.0
     window = t_b - t_a
