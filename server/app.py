@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 NODE = web.AppKey("node", Node)
 SETTINGS = web.AppKey("settings", Settings)
+SIO = web.AppKey("sio", SocketIOEndpoint)
 
 
 def make_backplane(settings: Settings) -> Backplane:
@@ -52,6 +53,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/api/ws", websocket.handle)
     sio = SocketIOEndpoint(node, authenticator, settings)
     sio.attach(app)
+    app[SIO] = sio
     admin.add_routes(api)
 
     openapi = build_openapi(catalogue)

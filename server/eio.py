@@ -14,6 +14,7 @@ a ping task, and (on aiohttp) the WebSocket objects of ``aiohttp.web``: ~30 KiB 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -29,6 +30,7 @@ from server.events import SIO_FRAME, SIO_FRAME_DEFLATED, Event, joined
 from server.websocket import (
     CLOSE_NORMAL,
     CLOSE_PROTOCOL_ERROR,
+    DEFAULT_SEND_LIMIT,
     OP_BINARY,
     TakenOver,
     WebSocketProtocol,
@@ -37,6 +39,8 @@ from server.websocket import (
     take_over,
     text_frame,
 )
+
+log = logging.getLogger(__name__)
 
 MAX_QUEUED_PACKETS = 10_000  # while polling: Engine.IO's queue has no bound of its own
 
@@ -100,15 +104,15 @@ class LeanSocket(AsyncSocket):  # type: ignore[misc]
     def send_events(self, events: Sequence[Event], limit: int) -> bool:
         """Send the events as Engine.IO MESSAGEs, in one write when on WebSocket.
 
-        False if the client's backlog is now over ``limit`` bytes.
+        False if the client is closing: its polling backlog is now over ``limit`` bytes, or, on
+        WebSocket, the socket closed it for not reading (``WebSocketProtocol.write``).
         """
         if self.closed or self.closing:
             return True
         ws = self.direct()
         if ws is None:
             return self._enqueue([event.sio_payload for event in events], limit)
-        ws.write(joined(events, SIO_FRAME_DEFLATED if ws.deflate else SIO_FRAME))
-        return ws.buffered() <= limit
+        return ws.write(joined(events, SIO_FRAME_DEFLATED if ws.deflate else SIO_FRAME))
 
     def send_message(self, payload: bytes, limit: int) -> bool:
         """Send one Engine.IO MESSAGE whose data is ``payload``; False as for ``send_events``."""
@@ -117,8 +121,7 @@ class LeanSocket(AsyncSocket):  # type: ignore[misc]
         ws = self.direct()
         if ws is None:
             return self._enqueue([payload], limit)
-        ws.write(text_frame(b"4" + payload))
-        return ws.buffered() <= limit
+        return ws.write(text_frame(b"4" + payload))
 
     def _enqueue(self, payloads: list[bytes], limit: int) -> bool:
         for payload in payloads:
@@ -134,6 +137,10 @@ class LeanSocket(AsyncSocket):  # type: ignore[misc]
         ws = self.direct()
         if ws is not None:
             ws.write_packet(pkt)
+        elif self.queue.qsize() >= MAX_QUEUED_PACKETS:
+            # A polling client that sends (pings, emits) but never polls: its answers pile up.
+            log.warning("slow consumer closed", extra={"transport": "socketio", "sid": self.sid})
+            await self.close(wait=False, abort=True)
         else:
             await self.queue.put(pkt)
 
@@ -193,8 +200,8 @@ class EngineWebSocket(WebSocketProtocol):
 
     __slots__ = ("socket", "state")
 
-    def __init__(self, socket: LeanSocket, max_message_bytes: int, deflate: bool) -> None:
-        super().__init__(max_message_bytes, deflate)
+    def __init__(self, socket: LeanSocket, max_message_bytes: int, deflate: bool, send_limit: int) -> None:
+        super().__init__(max_message_bytes, deflate, send_limit)
         self.socket = socket
         # "open"; or, upgrading from long-polling: "probe" (waiting for ping "probe"), then
         # "upgrade" (waiting for the UPGRADE packet).
@@ -207,14 +214,24 @@ class EngineWebSocket(WebSocketProtocol):
         else:
             self.write(frame(OP_BINARY, encoded))
 
+    def describe(self) -> dict[str, str]:
+        return {"transport": "socketio", "sid": self.socket.sid}
+
     def on_message(self, data: str | bytes) -> None:
         socket = self.socket
-        pkt = eio_packet.Packet(encoded_packet=data)
+        try:
+            pkt = eio_packet.Packet(encoded_packet=data)
+        except Exception:  # python-engineio raises whatever its parsing meets (KeyError, ValueError...)
+            # Node's engine.io closes the transport on a parse error; one log line, not one per packet.
+            self._fail(CLOSE_PROTOCOL_ERROR, "malformed Engine.IO packet")
+            return
         if self.state == "open":
             if pkt.packet_type == eio_packet.PONG:
                 socket.schedule_ping()  # all that receive() does with it: no task for it
-            else:
+            elif pkt.packet_type in (eio_packet.MESSAGE, eio_packet.CLOSE):
                 spawn(socket.receive(pkt))
+            else:  # a client PING (Engine.IO 3), a NOOP, a second UPGRADE: not in protocol v4
+                self._fail(CLOSE_PROTOCOL_ERROR, "unexpected Engine.IO packet")
         elif self.state == "probe":
             if pkt.packet_type != eio_packet.PING or pkt.data != "probe":
                 self._refuse_upgrade()
@@ -250,6 +267,7 @@ class WebSocketDriver:
     """What python-engineio calls to serve a WebSocket request (its ``_async['websocket']``)."""
 
     compress = False  # set per server: see ``driver``
+    send_limit = DEFAULT_SEND_LIMIT
 
     def __init__(self, handler: Any, server: Any) -> None:
         self.socket: LeanSocket = handler.__self__  # the socket's own handler, which we replace
@@ -259,7 +277,7 @@ class WebSocketDriver:
         request = environ["aiohttp.request"]
         response, deflate = handshake(request, self.compress)
         socket = self.socket
-        ws = EngineWebSocket(socket, self.server.max_http_buffer_size, deflate)
+        ws = EngineWebSocket(socket, self.server.max_http_buffer_size, deflate, self.send_limit)
         take_over(request, response, ws)
         socket.ws = ws
         if ws.state == "probe":
@@ -270,8 +288,8 @@ class WebSocketDriver:
         return TakenOver()
 
 
-def driver(compress: bool) -> type[WebSocketDriver]:
-    return type("WebSocketDriver", (WebSocketDriver,), {"compress": compress})
+def driver(compress: bool, send_limit: int) -> type[WebSocketDriver]:
+    return type("WebSocketDriver", (WebSocketDriver,), {"compress": compress, "send_limit": send_limit})
 
 
 class PingScheduler:

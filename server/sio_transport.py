@@ -32,11 +32,15 @@ from server.events import Event
 from server.hub import CLOSE_KICKED, CLOSE_RATE_LIMITED, CLOSE_SLOW_CONSUMER, Connection
 from server.node import Node, Resume
 from server.sio_manager import HubManager
+from server.websocket import CLOSE_PROTOCOL_ERROR
 from server.ws_transport import bearer_token
 
 log = logging.getLogger(__name__)
 
 NAMESPACE = "/"
+BINARY_EVENT, BINARY_ACK = str(sio_packet.BINARY_EVENT), str(sio_packet.BINARY_ACK)
+# What a client may send (protocol v5); binary packets are refused before parsing.
+CLIENT_PACKETS = (sio_packet.CONNECT, sio_packet.DISCONNECT, sio_packet.EVENT, sio_packet.ACK)
 
 # What python-socketio keeps of a client's handshake request after CONNECT (it keeps the whole
 # environ, aiohttp's request included, for the connection's life); what ``_admit`` reads.
@@ -46,9 +50,10 @@ KEPT_ENVIRON = ("HTTP_ORIGIN", "HTTP_HOST", "QUERY_STRING", "HTTP_AUTHORIZATION"
 class RealtimeEngine(engineio.AsyncServer):  # type: ignore[misc]
     """python-engineio with our WebSocket driver and one task for every socket's pings."""
 
-    def __init__(self, compress: bool, **kwargs: Any) -> None:
+    def __init__(self, compress: bool, send_buffer_bytes: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._async: dict[str, Any] = dict(self._async, websocket=eio.driver(compress))
+        # SEAM: python-engineio's ``_async`` table names the class that serves a WebSocket request.
+        self._async: dict[str, Any] = dict(self._async, websocket=eio.driver(compress, send_buffer_bytes))
         self.pings = eio.PingScheduler(self.ping_interval)
 
 
@@ -57,13 +62,14 @@ class RealtimeServer(socketio.AsyncServer):  # type: ignore[misc]
 
     def __init__(self, send_buffer_bytes: int, compress: bool, **kwargs: Any) -> None:
         self._compress = compress
-        super().__init__(**kwargs)
         self.send_buffer_bytes = send_buffer_bytes
+        super().__init__(**kwargs)
         self.pids: dict[str, str] = {}  # sid -> private session id sent in CONNECT
         self.pending: dict[str, tuple[SocketIOConnection, Resume]] = {}
 
     def _engineio_server_class(self) -> Any:
-        return functools.partial(RealtimeEngine, self._compress)
+        # SEAM: python-socketio builds its Engine.IO server from this method's answer.
+        return functools.partial(RealtimeEngine, self._compress, self.send_buffer_bytes)
 
     async def _handle_eio_connect(self, eio_sid: str, environ: dict[str, Any]) -> None:
         socket = self.eio.sockets[eio_sid]
@@ -75,14 +81,51 @@ class RealtimeServer(socketio.AsyncServer):  # type: ignore[misc]
         return self.eio.sockets.get(eio_sid)  # type: ignore[no-any-return]
 
     def write(self, eio_sid: str, payload: bytes) -> bool:
-        """Send an Engine.IO MESSAGE whose data is ``payload``; False if the client overflowed."""
+        """Send an Engine.IO MESSAGE whose data is ``payload``: every packet we send (CONNECT,
+        acks, refusals, events) takes this path or ``write_events``, so each is bounded.
+        False once the client is closed for not reading."""
         socket = self.socket(eio_sid)
-        return socket is None or socket.send_message(payload, self.send_buffer_bytes)
+        if socket is None:
+            return True
+        return self._check_overflow(socket, socket.send_message(payload, self.send_buffer_bytes))
 
     def write_events(self, eio_sid: str, events: Sequence[Event]) -> bool:
-        """Send the events, in one write when on WebSocket; False if the client overflowed."""
+        """Send the events, in one write when on WebSocket; False as for ``write``."""
         socket = self.socket(eio_sid)
-        return socket is None or socket.send_events(events, self.send_buffer_bytes)
+        if socket is None:
+            return True
+        return self._check_overflow(socket, socket.send_events(events, self.send_buffer_bytes))
+
+    def _check_overflow(self, socket: eio.LeanSocket, ok: bool) -> bool:
+        if not ok and socket.ws is None:
+            # A polling client whose backlog passed the limit (a WebSocket closes by itself).
+            log.warning("slow consumer closed", extra={"transport": "socketio", "sid": socket.sid})
+            self.close_transport(socket.sid, CLOSE_SLOW_CONSUMER, "slow consumer")
+        return ok
+
+    async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
+        # SEAM: python-socketio's entry point for every Engine.IO message of a client.
+        if not isinstance(data, str) or data[:1] in (BINARY_EVENT, BINARY_ACK):
+            # No client of this server sends binary, and python-socketio would hold every message
+            # after an attachment count (any number) until that many came.
+            self._refuse_packet(eio_sid, "binary packets are not accepted")
+            return
+        try:
+            pkt = self.packet_class(encoded_packet=data)
+        except Exception:  # python-socketio's parser raises whatever it meets (ValueError, KeyError...)
+            pkt = None
+        if pkt is None or pkt.packet_type not in CLIENT_PACKETS:
+            self._refuse_packet(eio_sid, "malformed Socket.IO packet")
+            return
+        await super()._handle_eio_message(eio_sid, data)
+
+    def _refuse_packet(self, eio_sid: str, reason: str) -> None:
+        """Node's socket.io closes a client on a parse error: so do we, with one log line."""
+        socket = self.socket(eio_sid)
+        if socket is None or socket.closing or socket.closed or (socket.ws is not None and socket.ws.closing):
+            return  # already closing: the rest of what it sent meanwhile is not worth a line each
+        log.info("socket.io client closed", extra={"sid": eio_sid, "reason": reason})
+        self.close_transport(eio_sid, CLOSE_PROTOCOL_ERROR, reason)
 
     async def _send_packet(self, eio_sid: str, pkt: sio_packet.Packet) -> None:
         if pkt.packet_type == sio_packet.CONNECT and isinstance(pkt.data, dict):
@@ -93,7 +136,7 @@ class RealtimeServer(socketio.AsyncServer):  # type: ignore[misc]
         if isinstance(encoded, list):  # binary attachments: never sent by this server
             await super()._send_packet(eio_sid, pkt)
             return
-        self.write(eio_sid, encoded.encode())
+        self.write(eio_sid, encoded.encode())  # bounded: a client that never reads is closed
 
     async def _handle_connect(self, eio_sid: str, namespace: str | None, data: Any) -> None:
         await super()._handle_connect(eio_sid, namespace, data)
@@ -131,8 +174,7 @@ class SocketIOConnection(Connection):
 
     def send_events(self, events: Sequence[Event]) -> None:
         if not self.server.write_events(self.eio_sid, events):
-            log.warning("slow consumer closed", extra={"userId": self.user_id, "transport": self.transport})
-            self.close(CLOSE_SLOW_CONSUMER, "slow consumer")
+            self.closed = True  # closing for not reading: nothing more is sent
 
     def send_message(self, message: dict[str, Any]) -> None:
         payload = socketio.packet.Packet(
@@ -175,8 +217,10 @@ class SocketIOEndpoint:
             ping_timeout=20,
             max_http_buffer_size=ws.max_message_bytes,
             http_compression=False,
-            logger=False,
-            engineio_logger=False,
+            # Loggers of our own (not False): given False, each library adds a stderr handler of
+            # its own, whose lines bypass LOG_FORMAT=json.
+            logger=logging.getLogger("socketio.server"),
+            engineio_logger=logging.getLogger("engineio.server"),
         )
         self.server.on("connect", self.on_connect)
         self.server.on("disconnect", self.on_disconnect)

@@ -25,13 +25,16 @@ log = logging.getLogger(__name__)
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 ABORT_AFTER_SECONDS = 2.0  # a peer that does not answer our close frame is cut off
+DEFAULT_SEND_LIMIT = 4 * 1024 * 1024  # websocket.send_buffer_bytes' default
 
 OP_CONTINUATION, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
 CLOSE_PROTOCOL_ERROR = 1002
 CLOSE_NO_STATUS = 1005
 CLOSE_ABNORMAL = 1006
 CLOSE_INVALID_DATA = 1007
+CLOSE_POLICY = 1008  # our use: a slow consumer, whose send buffer overflowed
 CLOSE_TOO_BIG = 1009
 CLOSE_INTERNAL_ERROR = 1011
 
@@ -70,10 +73,17 @@ def deflate(payload: bytes) -> bytes:
     return data[:-4] if data.endswith(DEFLATE_TAIL) else data
 
 
-def _unmask(payload: bytes, mask: bytes) -> bytes:
+def valid_close_code(code: int) -> bool:
+    """Whether a peer may send ``code`` in a close frame (RFC 6455 §7.4, IANA registry)."""
+    if 3000 <= code <= 4999:
+        return True
+    return 1000 <= code <= 1014 and code not in (1004, 1005, 1006)
+
+
+def _unmask(payload: bytes | bytearray, mask: bytes | bytearray) -> bytes:
     length = len(payload)
     if not length:
-        return payload
+        return b""
     repeated = (mask * (length // 4 + 1))[:length]
     return (int.from_bytes(payload, "big") ^ int.from_bytes(repeated, "big")).to_bytes(length, "big")
 
@@ -171,22 +181,32 @@ class WebSocketProtocol(asyncio.Protocol):
         "_close_sent",
         "_discard",
         "_fragment_opcode",
+        "_fragment_size",
         "_fragments",
         "_heard",
         "_inflate",
         "deflate",
         "max_message_bytes",
+        "send_limit",
         "transport",
     )
 
     closing_timeout: ClassVar[float] = ABORT_AFTER_SECONDS
 
-    def __init__(self, max_message_bytes: int, deflate: bool = False) -> None:
+    def __init__(
+        self, max_message_bytes: int, deflate: bool = False, send_limit: int = DEFAULT_SEND_LIMIT
+    ) -> None:
         self.transport: asyncio.Transport | None = None
         self.max_message_bytes = max_message_bytes
         self.deflate = deflate  # permessage-deflate agreed: clients may compress their messages
-        self._buffer = b""
+        # Bytes we may hold for a client that does not read, whatever we write (events, pongs,
+        # replies): past it the client is closed (1008), so no client can make us buffer more.
+        self.send_limit = send_limit
+        # Bytes received but not yet parsed (a frame's beginning). A bytearray grown in place and
+        # consumed from the front, so a frame that arrives a byte at a time costs linear time.
+        self._buffer = bytearray()
         self._fragments: list[bytes] | None = None  # a fragmented message being received
+        self._fragment_size = 0  # its bytes so far: kept as a sum, never recounted per frame
         self._fragment_opcode = OP_TEXT
         self._discard = False  # after a protocol error: the stream can no longer be parsed
         self._inflate = False  # the message being received is compressed
@@ -203,7 +223,11 @@ class WebSocketProtocol(asyncio.Protocol):
         self._heard = True
         if self._discard:
             return
-        buffer = self._buffer + data if self._buffer else data
+        pending = self._buffer
+        buffer: bytes | bytearray = data
+        if pending:
+            pending += data  # in place: amortised O(len(data)), not a copy of all that waits
+            buffer = pending
         pos, end = 0, len(buffer)
         while end - pos >= 2 and self.transport is not None:
             first, second = buffer[pos], buffer[pos + 1]
@@ -233,7 +257,12 @@ class WebSocketProtocol(asyncio.Protocol):
             if self._close_sent and first & 0x0F != OP_CLOSE:
                 continue  # closing: only the peer's close frame matters now
             self._frame(first, payload)
-        self._buffer = buffer[pos:] if pos < end else b""
+        if self._discard:
+            return
+        if buffer is pending:
+            del pending[:pos]  # from the front of a bytearray: no copy of the rest
+        elif pos < end:
+            pending[:] = buffer[pos:]
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self.transport = None
@@ -262,10 +291,12 @@ class WebSocketProtocol(asyncio.Protocol):
             if self._fragments is None:
                 self._fail(CLOSE_PROTOCOL_ERROR, "continuation without a message")
                 return
-            self._fragments.append(payload)
-            if sum(map(len, self._fragments)) > self.max_message_bytes:
-                self._fail(CLOSE_TOO_BIG, "message too big")
-                return
+            if payload:
+                self._fragments.append(payload)
+                self._fragment_size += len(payload)
+                if self._fragment_size > self.max_message_bytes:
+                    self._fail(CLOSE_TOO_BIG, "message too big")
+                    return
             if not fin:
                 return
             opcode, payload = self._fragment_opcode, b"".join(self._fragments)
@@ -276,7 +307,7 @@ class WebSocketProtocol(asyncio.Protocol):
                 return
             self._inflate = bool(rsv1)
             if not fin:
-                self._fragment_opcode, self._fragments = opcode, [payload]
+                self._fragment_opcode, self._fragments, self._fragment_size = opcode, [payload], len(payload)
                 return
         else:
             self._fail(CLOSE_PROTOCOL_ERROR, "unknown opcode")
@@ -306,8 +337,19 @@ class WebSocketProtocol(asyncio.Protocol):
 
     def _closed_by_peer(self, payload: bytes) -> None:
         code = CLOSE_NO_STATUS
+        if len(payload) == 1:
+            self._fail(CLOSE_PROTOCOL_ERROR, "a close frame's code is two bytes")
+            return
         if len(payload) >= 2:
             code = int.from_bytes(payload[:2], "big")
+            if not valid_close_code(code):
+                self._fail(CLOSE_PROTOCOL_ERROR, f"close code {code} may not be sent")
+                return
+            try:
+                payload[2:].decode()
+            except UnicodeDecodeError:
+                self._fail(CLOSE_INVALID_DATA, "the close reason is not UTF-8")
+                return
         if self._close_code is None:
             self._close_code = code
         if not self._close_sent:
@@ -320,7 +362,7 @@ class WebSocketProtocol(asyncio.Protocol):
     def _fail(self, code: int, reason: str) -> None:
         log.info("websocket protocol error", extra={"code": code, "reason": reason})
         self._fragments = None
-        self._buffer = b""
+        self._buffer = bytearray()
         self._discard = True
         self.close(code, reason)
 
@@ -329,10 +371,22 @@ class WebSocketProtocol(asyncio.Protocol):
 
     # --- to the client -----------------------------------------------------------------------
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes) -> bool:
+        """Queue ``data`` for the client; False once it is closing, e.g. because its unsent bytes
+        passed ``send_limit`` (``on_overflow``)."""
         transport = self.transport
-        if transport is not None and not self._close_sent:
-            transport.write(data)
+        if transport is None or self._close_sent:
+            return False
+        transport.write(data)
+        if transport.get_write_buffer_size() > self.send_limit:
+            self.on_overflow()
+            return False
+        return True
+
+    @property
+    def closing(self) -> bool:
+        """Our close frame is sent: nothing more is written, and only the peer's close is read."""
+        return self._close_sent
 
     def buffered(self) -> int:
         """Bytes written but not yet taken by the kernel: this client's send backlog."""
@@ -365,6 +419,15 @@ class WebSocketProtocol(asyncio.Protocol):
         return True
 
     # --- for subclasses ----------------------------------------------------------------------
+
+    def on_overflow(self) -> None:
+        """The client stopped reading (its unsent bytes passed ``send_limit``): close it, 1008."""
+        log.warning("slow consumer closed", extra=self.describe())
+        self.close(CLOSE_POLICY, "slow consumer")
+
+    def describe(self) -> dict[str, str]:
+        """Who this client is, for log lines."""
+        return {}
 
     def on_message(self, data: str | bytes) -> None:
         """A whole message from the client: ``str`` for text, ``bytes`` for binary."""

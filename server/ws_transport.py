@@ -40,9 +40,15 @@ class _Socket(WebSocketProtocol):
 
     __slots__ = ("connection",)
 
-    def __init__(self, connection: WebSocketConnection, max_message_bytes: int, deflate: bool) -> None:
-        super().__init__(max_message_bytes, deflate)
+    def __init__(self, connection: WebSocketConnection, settings: WebSocketSettings, deflate: bool) -> None:
+        super().__init__(settings.max_message_bytes, deflate, settings.send_buffer_bytes)
         self.connection = connection
+
+    def on_overflow(self) -> None:
+        log.warning(
+            "slow consumer closed", extra={"userId": self.connection.user_id, "transport": "websocket"}
+        )
+        self.connection.close(CLOSE_SLOW_CONSUMER, "slow consumer")
 
     def on_message(self, data: str | bytes) -> None:
         self.connection.received(data)
@@ -53,14 +59,13 @@ class _Socket(WebSocketProtocol):
 
 class WebSocketConnection(Connection):
     transport = "websocket"
-    __slots__ = ("_endpoint", "_limit", "socket")
+    __slots__ = ("_endpoint", "socket")
 
     def __init__(self, endpoint: WebSocketEndpoint, identity: Identity, deflate: bool) -> None:
         settings = endpoint.settings
         super().__init__(identity, settings.client_messages_per_second, settings.client_messages_burst)
         self._endpoint = endpoint
-        self._limit = settings.send_buffer_bytes
-        self.socket = _Socket(self, settings.max_message_bytes, deflate)
+        self.socket = _Socket(self, settings, deflate)
 
     def send_events(self, events: Sequence[Event]) -> None:
         self._write(joined(events, WS_FRAME_DEFLATED if self.socket.deflate else WS_FRAME))
@@ -69,13 +74,8 @@ class WebSocketConnection(Connection):
         self._write(text_frame(orjson.dumps(message)))
 
     def _write(self, frames: bytes) -> None:
-        if self.closed:
-            return
-        socket = self.socket
-        socket.write(frames)
-        if socket.buffered() > self._limit:
-            log.warning("slow consumer closed", extra={"userId": self.user_id, "transport": self.transport})
-            self.close(CLOSE_SLOW_CONSUMER, "slow consumer")
+        if not self.closed:
+            self.socket.write(frames)  # a client that stops reading is closed there (1008)
 
     def close(self, code: int, reason: str) -> None:
         if not self.closed:
