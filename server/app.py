@@ -95,6 +95,7 @@ def create_app(settings: Settings) -> web.Application:
     async def stop(_: web.Application) -> None:
         websocket.heartbeat.stop()
         sio.server.eio.pings.stop()
+        sio.server.connect_deadlines.stop()
         await node.stop()
 
     app.on_startup.append(start)

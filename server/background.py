@@ -1,10 +1,16 @@
-"""Fire-and-forget tasks that are not garbage-collected mid-flight."""
+"""Fire-and-forget tasks that are not garbage-collected mid-flight, and work due a fixed time later."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
-from typing import Any
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Generic, TypeVar
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # The event loop keeps only weak references to tasks: they are held here until done.
 _tasks: set[asyncio.Future[Any]] = set()
@@ -14,3 +20,48 @@ def spawn(coro: Coroutine[Any, Any, Any]) -> None:
     task = asyncio.ensure_future(coro)
     _tasks.add(task)
     task.add_done_callback(_tasks.discard)
+
+
+class FixedDelay(Generic[T]):
+    """Runs ``action(item)`` ``delay`` seconds after each ``add(item)``, from one task per process.
+
+    The delay is the same for every item, so the queue in the order items were added is also the
+    order they fall due: no heap, no timer per item (DESIGN: time-based work is one task).
+    ``action`` may be a coroutine function; it is awaited before the next item.
+    """
+
+    def __init__(self, delay: float, action: Callable[[T], Awaitable[None] | None]) -> None:
+        self.delay = delay
+        self._action = action
+        self._due: deque[tuple[float, T]] = deque()
+        self._task: asyncio.Task[None] | None = None
+
+    def add(self, item: T) -> None:
+        self._due.append((time.monotonic() + self.delay, item))
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def __len__(self) -> int:
+        return len(self._due)
+
+    async def _run(self) -> None:
+        due = self._due
+        try:
+            while due:
+                wait = due[0][0] - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                    continue
+                _, item = due.popleft()
+                try:
+                    result = self._action(item)
+                    if result is not None:
+                        await result
+                except Exception:
+                    log.exception("scheduled action failed")
+        finally:
+            self._task = None
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()

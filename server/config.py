@@ -80,12 +80,14 @@ class AdminSettings:
 @dataclass(frozen=True)
 class WebSocketSettings:
     heartbeat_seconds: float = 25.0
+    heartbeat_timeout_seconds: float = 20.0
     max_message_bytes: int = 64 * 1024
     send_buffer_bytes: int = 4 * 1024 * 1024
     compression: bool = False
     client_messages_per_second: float = 20.0
     client_messages_burst: int = 40
     max_stores_per_connection: int = 100
+    connect_timeout_seconds: float = 45.0
 
 
 @dataclass(frozen=True)
@@ -170,12 +172,14 @@ class _AdminSchema(_Section):
 
 class _WebSocketSchema(_Section):
     heartbeat_seconds = fields.Float(validate=_positive)
+    heartbeat_timeout_seconds = fields.Float(validate=_positive)
     max_message_bytes = fields.Integer(validate=_positive)
     send_buffer_bytes = fields.Integer(validate=_positive)
     compression = fields.Boolean()
     client_messages_per_second = fields.Float(validate=_positive)
     client_messages_burst = fields.Integer(validate=_positive)
     max_stores_per_connection = fields.Integer(validate=_positive)
+    connect_timeout_seconds = fields.Float(validate=_positive)
 
     @post_load
     def make(self, data: dict[str, Any], **_: Any) -> WebSocketSettings:

@@ -8,15 +8,16 @@ a ping task, and (on aiohttp) the WebSocket objects of ``aiohttp.web``: ~30 KiB 
   (its queue is used only while the client polls, or its upgrade is under way).
 - ``EngineWebSocket`` is the WebSocket under it (``server.websocket``): messages go to the socket
   as they arrive, with no reader task.
-- ``PingScheduler`` sends every socket's pings from one task, instead of a task per socket.
+- ``PingScheduler`` sends every socket's pings from one task, instead of a task per socket, and
+  closes a socket whose ping goes unanswered.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,7 +26,7 @@ from engineio.async_socket import AsyncSocket
 from engineio.exceptions import QueueEmpty
 from engineio.payload import Payload
 
-from server.background import spawn
+from server.background import FixedDelay, spawn
 from server.events import SIO_FRAME, SIO_FRAME_DEFLATED, Event, joined
 from server.websocket import (
     CLOSE_NORMAL,
@@ -43,6 +44,7 @@ from server.websocket import (
 log = logging.getLogger(__name__)
 
 MAX_QUEUED_PACKETS = 10_000  # while polling: Engine.IO's queue has no bound of its own
+CLOSE_DRAIN_SECONDS = 1.0  # how long a closing polling socket waits for its queue to be polled
 
 
 class CountedPacket(eio_packet.Packet):  # type: ignore[misc]
@@ -178,10 +180,14 @@ class LeanSocket(AsyncSocket):  # type: ignore[misc]
             self.server.pings.add(self)
 
     async def close(self, wait: bool = True, abort: bool = False, reason: Any = None) -> None:
-        # On WebSocket nothing drains the queue any more: never wait for it.
-        await super().close(wait=wait and self.ws is None, abort=abort, reason=reason)
+        await super().close(wait=False, abort=abort, reason=reason)
         if self.ws is not None:
             self.ws.close(CLOSE_NORMAL)  # after the CLOSE packet, if one was sent
+        elif wait and self._queue is not None:
+            # A polling client gets what is queued (the CLOSE packet) at its next poll. One that
+            # never polls again must not hold the socket, nor the request closing it, forever.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._queue.join(), CLOSE_DRAIN_SECONDS)
         self.server.sockets.pop(self.sid, None)
 
     def flush_queue(self) -> None:
@@ -293,33 +299,32 @@ def driver(compress: bool, send_limit: int) -> type[WebSocketDriver]:
 
 
 class PingScheduler:
-    """Sends each socket's next ping ``interval`` seconds after it is scheduled, from one task."""
+    """Every socket's pings from one task, and the check that each is answered in time.
 
-    def __init__(self, interval: float) -> None:
-        self.interval = interval
-        self._due: deque[tuple[float, LeanSocket]] = deque()  # in due order: the interval is fixed
-        self._task: asyncio.Task[None] | None = None
+    python-engineio re-arms a socket's ping only when its PONG comes, and checks the timeout only
+    when it sends: a client that stops answering, while nothing is sent to it, would be kept
+    forever (and counted online). Here the unanswered ping itself closes it ``timeout`` later.
+    """
+
+    def __init__(self, interval: float, timeout: float) -> None:
+        self._pings: FixedDelay[LeanSocket] = FixedDelay(interval, self._ping)
+        self._deadlines: FixedDelay[tuple[LeanSocket, float]] = FixedDelay(timeout, self._check)
 
     def add(self, socket: LeanSocket) -> None:
-        self._due.append((time.monotonic() + self.interval, socket))
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run())
+        self._pings.add(socket)
 
-    async def _run(self) -> None:
-        due = self._due
-        try:
-            while due:
-                wait = due[0][0] - time.monotonic()
-                if wait > 0:
-                    await asyncio.sleep(wait)
-                    continue
-                _, socket = due.popleft()
-                if not socket.closing and not socket.closed:
-                    socket.last_ping = time.time()
-                    await socket.send(eio_packet.Packet(eio_packet.PING))
-        finally:
-            self._task = None
+    async def _ping(self, socket: LeanSocket) -> None:
+        if not socket.closing and not socket.closed:
+            socket.last_ping = sent = time.time()
+            await socket.send(eio_packet.Packet(eio_packet.PING))
+            self._deadlines.add((socket, sent))
+
+    async def _check(self, entry: tuple[LeanSocket, float]) -> None:
+        socket, sent = entry
+        if socket.last_ping == sent and not socket.closing and not socket.closed:
+            log.info("socket.io client did not answer a ping: closed", extra={"sid": socket.sid})
+            await socket.close(wait=False, abort=True, reason=socket.server.reason.PING_TIMEOUT)
 
     def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        self._pings.stop()
+        self._deadlines.stop()

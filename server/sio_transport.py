@@ -26,13 +26,13 @@ from socketio import packet as sio_packet
 from handlers.subscriptions import SubscriptionError, base_rooms, store_rooms, valid_id, viewed_stores
 from server import eio
 from server.auth import Authenticator, AuthError, Credentials, Identity
-from server.background import spawn
+from server.background import FixedDelay, spawn
 from server.config import Settings
 from server.events import Event
 from server.hub import CLOSE_KICKED, CLOSE_RATE_LIMITED, CLOSE_SLOW_CONSUMER, Connection
 from server.node import Node, Resume
 from server.sio_manager import HubManager
-from server.websocket import CLOSE_PROTOCOL_ERROR
+from server.websocket import CLOSE_NORMAL, CLOSE_PROTOCOL_ERROR
 from server.ws_transport import bearer_token
 
 log = logging.getLogger(__name__)
@@ -54,18 +54,28 @@ class RealtimeEngine(engineio.AsyncServer):  # type: ignore[misc]
         super().__init__(**kwargs)
         # SEAM: python-engineio's ``_async`` table names the class that serves a WebSocket request.
         self._async: dict[str, Any] = dict(self._async, websocket=eio.driver(compress, send_buffer_bytes))
-        self.pings = eio.PingScheduler(self.ping_interval)
+        self.pings = eio.PingScheduler(self.ping_interval, self.ping_timeout)
+
+    async def handle_request(self, request: web.Request) -> web.StreamResponse:
+        # SEAM: python-engineio's entry point for every Engine.IO HTTP request (its aiohttp route).
+        if "j" in request.query:
+            # JSONP answers are scripts any site may load with the visitor's cookies: never served.
+            return web.json_response({"code": 3, "message": "JSONP polling is not served"}, status=400)
+        response: web.StreamResponse = await super().handle_request(request)
+        return response
 
 
 class RealtimeServer(socketio.AsyncServer):  # type: ignore[misc]
     """python-socketio with one ordered write path per client and connection-state recovery."""
 
-    def __init__(self, send_buffer_bytes: int, compress: bool, **kwargs: Any) -> None:
+    def __init__(self, send_buffer_bytes: int, compress: bool, connect_timeout: float, **kwargs: Any) -> None:
         self._compress = compress
         self.send_buffer_bytes = send_buffer_bytes
         super().__init__(**kwargs)
         self.pids: dict[str, str] = {}  # sid -> private session id sent in CONNECT
         self.pending: dict[str, tuple[SocketIOConnection, Resume]] = {}
+        # An Engine.IO session that sends no Socket.IO CONNECT in time is closed (Node's connectTimeout).
+        self.connect_deadlines: FixedDelay[str] = FixedDelay(connect_timeout, self._connected_in_time)
 
     def _engineio_server_class(self) -> Any:
         # SEAM: python-socketio builds its Engine.IO server from this method's answer.
@@ -75,7 +85,13 @@ class RealtimeServer(socketio.AsyncServer):  # type: ignore[misc]
         socket = self.eio.sockets[eio_sid]
         socket.__class__ = eio.LeanSocket  # made by python-engineio: see LeanSocket
         socket.adopt()
+        self.connect_deadlines.add(eio_sid)
         await super()._handle_eio_connect(eio_sid, {k: environ[k] for k in KEPT_ENVIRON if k in environ})
+
+    def _connected_in_time(self, eio_sid: str) -> None:
+        if self.socket(eio_sid) is not None and self.manager.sid_from_eio_sid(eio_sid, NAMESPACE) is None:
+            log.info("engine.io session sent no CONNECT in time: closed", extra={"sid": eio_sid})
+            self.close_transport(eio_sid, CLOSE_NORMAL, "no CONNECT in time")
 
     def socket(self, eio_sid: str) -> eio.LeanSocket | None:
         return self.eio.sockets.get(eio_sid)  # type: ignore[no-any-return]
@@ -211,10 +227,11 @@ class SocketIOEndpoint:
             compress=ws.compression,
             async_mode="aiohttp",
             client_manager=HubManager(),
-            # Origins are checked at CONNECT, where the refusal can say "forbidden".
-            cors_allowed_origins=lambda origin, environ: True,
+            # Every Engine.IO HTTP request's Origin, and the CORS answer, follow our rule.
+            cors_allowed_origins=self._origin_allowed,
+            connect_timeout=ws.connect_timeout_seconds,
             ping_interval=ws.heartbeat_seconds,
-            ping_timeout=20,
+            ping_timeout=ws.heartbeat_timeout_seconds,
             max_http_buffer_size=ws.max_message_bytes,
             http_compression=False,
             # Loggers of our own (not False): given False, each library adds a stderr handler of
@@ -227,6 +244,16 @@ class SocketIOEndpoint:
         self.server.on("subscribe", self.on_subscribe)
         self.server.on("unsubscribe", self.on_unsubscribe)
         self.server.on("*", self.on_other)
+
+    def _origin_allowed(self, origin: str | None, environ: dict[str, Any]) -> bool:
+        """A WebSocket upgrade is let through: its CONNECT is refused with "forbidden" instead."""
+        if environ.get("HTTP_UPGRADE", "").lower() == "websocket":
+            return True
+        try:
+            self.authenticator.check_origin(origin, environ.get("HTTP_HOST"))
+        except AuthError:
+            return False
+        return True
 
     def attach(self, app: web.Application) -> None:
         self.server.attach(app, socketio_path="socket.io")
