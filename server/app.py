@@ -77,6 +77,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/metrics", metrics)
 
     async def start(_: web.Application) -> None:
+        await authenticator.start()
         await node.start()
 
     async def close_clients(_app: web.Application) -> None:
@@ -93,6 +94,7 @@ def create_app(settings: Settings) -> web.Application:
     async def stop(_: web.Application) -> None:
         websocket.heartbeat.stop()
         sio.server.eio.pings.stop()
+        await authenticator.stop()
         await node.stop()
 
     app.on_startup.append(start)
