@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 NODE = web.AppKey("node", Node)
 SETTINGS = web.AppKey("settings", Settings)
+AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
 
 
 def make_backplane(settings: Settings) -> Backplane:
@@ -47,6 +48,7 @@ def create_app(settings: Settings) -> web.Application:
     api = web.Application(middlewares=[error_middleware, admin.auth_middleware])
     app[NODE] = node
     app[SETTINGS] = settings
+    app[AUTHENTICATOR] = authenticator
 
     websocket = WebSocketEndpoint(node, authenticator, settings.websocket)
     app.router.add_get("/api/ws", websocket.handle)

@@ -140,9 +140,9 @@ class Lifetime:
         outcomes = await asyncio.gather(
             *(sessions.ask(headers, key) for key, (headers, _) in groups), return_exceptions=True
         )
-        for (_, (headers, members)), outcome in zip(groups, outcomes, strict=True):
+        for (_, (_, members)), outcome in zip(groups, outcomes, strict=True):
             for conn in members:
-                if conn.closed or conn.identity.session is not headers:
+                if conn.closed or conn.identity.session is None:
                     continue  # closed, or re-identified by a token meanwhile
                 if outcome == "unauthorized":
                     _close(conn, CLOSE_EXPIRED, "session ended")

@@ -107,8 +107,10 @@ class SessionVerifier:
             self._http = None
 
     def key(self, headers: ForwardedHeaders) -> bytes:
-        """The cache key of a credential: a keyed SHA-256 of the forwarded headers."""
-        material = orjson.dumps([headers.cookie, headers.authorization])
+        """The cache key of a credential: a keyed SHA-256 of the forwarded headers (cookies in any
+        order are one credential: clients do not all list them alike)."""
+        cookies = sorted(part.strip() for part in (headers.cookie or "").split(";") if part.strip())
+        material = orjson.dumps([cookies, headers.authorization])
         return hmac.new(self._salt, material, hashlib.sha256).digest()
 
     async def lookup(self, headers: ForwardedHeaders) -> SessionAnswer:
