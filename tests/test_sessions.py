@@ -14,14 +14,7 @@ from server.config import ConfigError, Settings
 from tests.clients import Live, make_token, no_message, recv, recv_close
 from tests.conftest import StartServer, make_settings
 from tests.process import running_server
-from tests.session_service import (  # noqa: F401 (fixtures)
-    Answer,
-    SessionService,
-    assert_no_secrets,
-    cookie_header,
-    log_watch,
-    session_service,
-)
+from tests.session_service import Answer, SessionService, assert_no_secrets, cookie_header
 from tests.support import sio_connect, sio_refusal
 
 pytestmark = pytest.mark.usefixtures("log_watch")
@@ -262,7 +255,7 @@ def test_settings_accept_a_session_url_without_a_jwt_key_but_not_nothing_at_all(
         make_settings({"JWT_SECRET": ""})
     with pytest.raises(ConfigError, match="AUTH_SESSION_URL: must be an http"):
         make_settings({"AUTH_SESSION_URL": "ftp://shop.example/session"})
-    with pytest.raises(ConfigError, match="auth.session_timeout_seconds"):
+    with pytest.raises(ConfigError, match=r"auth\.session_timeout_seconds"):
         make_settings(auth={"session_timeout_seconds": 0})
 
 
