@@ -100,6 +100,7 @@ def log_watch(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFix
     yield caplog
     access.setLevel(level)
     text, json = TextFormatter(), JsonFormatter()
-    for record in caplog.records:
+    # In a fixture's teardown, ``caplog.records`` holds only the teardown's: read every phase.
+    for record in [r for when in ("setup", "call", "teardown") for r in caplog.get_records(when)]:
         assert_no_secrets(text.format(record))
         assert_no_secrets(json.format(record))
