@@ -71,7 +71,7 @@ class Lifetime:
     def _push(self, due: float, kind: int, conn: Watched) -> None:
         heap = self._heap
         if len(heap) >= self._compact_at:
-            self._compact()
+            self.compact()
         earliest = heap[0][0] if heap else math.inf
         heapq.heappush(heap, (due, next(self._order), kind, conn))
         if self._task is None:
@@ -80,7 +80,7 @@ class Lifetime:
         elif due < earliest and self._wake is not None:
             self._wake.set()
 
-    def _compact(self) -> None:
+    def compact(self) -> None:
         """Drop the entries of closed connections (amortised: the heap at most doubles between)."""
         self._heap = [entry for entry in self._heap if not entry[3].closed]
         heapq.heapify(self._heap)
