@@ -115,10 +115,14 @@ class WebSocketEndpoint:
             identity, rooms = await self._admit(request)
         except AuthError as exc:
             log.info("websocket refused", extra={"reason": exc.message, "code": exc.close_code})
+            if _gone(request):
+                return TakenOver()
             socket = WebSocketProtocol(self.settings.max_message_bytes)
             take_over(request, response, socket)
             socket.close(exc.close_code, exc.message)
             return TakenOver()
+        if _gone(request):
+            return TakenOver()  # the client left during its session lookup: nothing to upgrade
         conn = WebSocketConnection(self, identity, deflate)
         socket = conn.socket
         take_over(request, response, socket)
@@ -236,6 +240,11 @@ class WebSocketEndpoint:
         self.node.reidentify(conn, identity)
         self.authenticator.watch(conn)
         return {"type": "refreshed", "data": {"exp": identity.exp}}
+
+
+def _gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
 
 
 def _error(message: str) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -278,3 +279,25 @@ async def test_a_process_with_only_a_session_url_and_admin_keys_serves_the_hook(
         server.close()
         assert "session" in server.stderr  # it did log the connects and the refusal...
         assert_no_secrets(server.stderr + server.stdout)  # ...and never a cookie value
+
+
+async def test_a_client_that_leaves_during_its_session_lookup_leaves_nothing_behind(
+    start_server: StartServer,
+    settings_for: Callable[..., Settings],
+    session_service: SessionService,
+    log_watch: pytest.LogCaptureFixture,
+) -> None:
+    live = await start_server(with_sessions(settings_for, session_service))
+    session_service.answers["sess-CANARY-gone"] = Answer(200, {"userId": "u1"}, delay=0.5)
+    leaving = asyncio.ensure_future(hook(live, "sess-CANARY-gone"))
+    await asyncio.sleep(0.2)
+    leaving.cancel()
+    await asyncio.sleep(0.6)  # the lookup ends after the client left
+    assert session_service.total == 1
+    assert not live.node.hub.connections
+    assert not [r for r in log_watch.records if r.levelno >= logging.ERROR], log_watch.records
+    # The answer was cached all the same: the client's retry costs nothing.
+    ws = await hook(live, "sess-CANARY-gone")
+    assert (await recv(ws))["type"] == "connected"
+    assert session_service.total == 1
+    await ws.close()

@@ -40,7 +40,7 @@ async def sio_closed_final(raw: aiohttp.ClientWebSocketResponse, code: int) -> N
 async def test_an_unrefreshed_token_closes_its_connection_4401_when_it_expires(
     live: Live, log_watch: pytest.LogCaptureFixture
 ) -> None:
-    ws, connected = await live.ws_ready(token=short_token())
+    ws, _ = await live.ws_ready(token=short_token())
     raw = await live.sio_ws({"token": short_token()})
     client = await live.sio({"token": short_token()})
     keeps, _ = await live.ws_ready(token=make_token("u2"))  # an hour left: untouched
