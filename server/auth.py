@@ -18,10 +18,11 @@ import jwt
 from handlers.subscriptions import valid_id
 from server.config import AuthSettings
 from server.identity.errors import CLOSE_CODES, AuthError, FailureKind
+from server.identity.lifetime import Lifetime
 from server.identity.sessions import ForwardedHeaders, SessionVerifier
 
 if TYPE_CHECKING:
-    from server.identity.lifetime import Lifetime, Watched
+    from server.identity.lifetime import Watched
 
 __all__ = ["CLOSE_CODES", "AuthError", "Authenticator", "Credentials", "FailureKind", "Identity"]
 
@@ -62,8 +63,6 @@ class Credentials:
 
 class Authenticator:
     def __init__(self, settings: AuthSettings, allowed_origins: tuple[str, ...]) -> None:
-        from server.identity.lifetime import Lifetime
-
         self.settings = settings
         self.allowed_origins = frozenset(origin.rstrip("/") for origin in allowed_origins)
         self.sessions: SessionVerifier | None = None
