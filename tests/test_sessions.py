@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import fields
 from collections.abc import Callable
 from typing import Any
 
@@ -11,7 +12,7 @@ import aiohttp
 import pytest
 
 from server.app import AUTHENTICATOR
-from server.config import ConfigError, Settings
+from server.config import DEFAULT_CONFIG_FILE, AuthSettings, ConfigError, Settings, load_settings
 from tests.clients import Live, make_token, no_message, recv, recv_close
 from tests.conftest import StartServer, make_settings
 from tests.process import running_server
@@ -301,3 +302,14 @@ async def test_a_client_that_leaves_during_its_session_lookup_leaves_nothing_beh
     assert (await recv(ws))["type"] == "connected"
     assert session_service.total == 1
     await ws.close()
+
+
+def test_the_shipped_config_yaml_states_the_identity_defaults() -> None:
+    shipped = load_settings(
+        env={"CONFIG_FILE": str(DEFAULT_CONFIG_FILE), "JWT_SECRET": "x" * 32, "ADMIN_API_KEYS": "k"}
+    ).auth
+    text = DEFAULT_CONFIG_FILE.read_text()
+    for setting in fields(AuthSettings):
+        if setting.name.startswith("session_") or setting.name in ("require_exp", "staff_roles"):
+            assert f"  {setting.name}:" in text, setting.name  # listed, with its comment
+            assert getattr(shipped, setting.name) == getattr(AuthSettings(), setting.name), setting.name
