@@ -12,10 +12,10 @@ from typing import Any
 
 from marshmallow import INCLUDE, Schema, ValidationError, fields
 
-from handlers.subscriptions import GLOBAL_ROOM, role_room, store_room, user_room, valid_id
+from handlers.subscriptions import GLOBAL_ROOM, role_room, staff_room, store_room, user_room, valid_id
 
 # Where an event may be sent: the keys of the admin API's ``to``.
-TARGETS = ("users", "stores", "roles", "global")
+TARGETS = ("users", "stores", "staff", "roles", "global")
 
 
 class AudienceError(ValueError):
@@ -106,13 +106,38 @@ def to_explicit(_: Mapping[str, Any]) -> list[str]:
     raise AudienceError("this event type has no default audience: give 'to'")
 
 
-def to_order_owner(data: Mapping[str, Any]) -> list[str]:
+def _order_id(order: Mapping[str, Any], key: str) -> str | None:
+    """``data.order[key]`` as an id (strings and integers), None when absent; an id that is present
+    but invalid is refused, never skipped: an order must not go to a fallback recipient."""
+    value = order.get(key)
+    if value is None:
+        return None
+    if isinstance(value, str | int) and not isinstance(value, bool) and valid_id(str(value)):
+        return str(value)
+    raise AudienceError(f"data.order.{key} must be 1-128 letters, digits or _.:@-")
+
+
+def to_order_parties(data: Mapping[str, Any]) -> list[str]:
+    """The customer (``userId``, else ``customerId``), the store's staff and the driver."""
     order = data["order"]
-    for key in ("userId", "customerId"):
-        owner = order.get(key)
-        if isinstance(owner, str | int) and not isinstance(owner, bool) and valid_id(str(owner)):
-            return [user_room(str(owner))]
-    raise AudienceError("order_updated needs to.users, data.order.userId or data.order.customerId")
+    rooms: list[str] = []
+    customer = _order_id(order, "userId")
+    if customer is None:
+        customer = _order_id(order, "customerId")
+    if customer is not None:
+        rooms.append(user_room(customer))
+    store = _order_id(order, "storeId")
+    if store is not None:
+        rooms.append(staff_room(store))
+    driver = _order_id(order, "driverId")
+    if driver is not None:
+        rooms.append(user_room(driver))
+    if not rooms:
+        raise AudienceError(
+            "order_updated needs to.users, to.staff, or one of data.order.userId, customerId, "
+            "storeId, driverId"
+        )
+    return list(dict.fromkeys(rooms))
 
 
 @dataclass(frozen=True)
@@ -131,6 +156,7 @@ class EventType:
             raise AudienceError(f"{self.name} may only be sent to {', '.join(self.targets)}")
         rooms = [user_room(u) for u in to.get("users", ())]
         rooms += [store_room(s) for s in to.get("stores", ())]
+        rooms += [staff_room(s) for s in to.get("staff", ())]
         rooms += [role_room(r) for r in to.get("roles", ())]
         if to.get("global"):
             rooms.append(GLOBAL_ROOM)
@@ -140,7 +166,8 @@ class EventType:
 
 
 BUILT_IN: tuple[EventType, ...] = (
-    EventType("order_updated", OrderUpdated(), to_order_owner, targets=("users",)),
+    # Orders reach their parties only: never a store's viewers, a role or everyone.
+    EventType("order_updated", OrderUpdated(), to_order_parties, targets=("users", "staff")),
     EventType("store_updated", StoreUpdated(), to_global),
     EventType("product_updated", ProductUpdated(), to_store),
     EventType("store_availability_changed", StoreAvailabilityChanged(), to_global),

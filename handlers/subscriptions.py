@@ -17,7 +17,7 @@ def valid_id(value: object) -> bool:
     return isinstance(value, str) and _ID.fullmatch(value) is not None
 
 
-USER_PREFIX, ROLE_PREFIX, STORE_PREFIX = "user:", "role:", "store:"
+USER_PREFIX, ROLE_PREFIX, STORE_PREFIX, STAFF_PREFIX = "user:", "role:", "store:", "staff:"
 
 
 def user_room(user_id: str) -> str:
@@ -30,6 +30,19 @@ def role_room(role: str) -> str:
 
 def store_room(store_id: str) -> str:
     return STORE_PREFIX + store_id
+
+
+def staff_room(store_id: str) -> str:
+    return STAFF_PREFIX + store_id
+
+
+def staff_rooms(role: str, stores: Iterable[str], staff_roles: Iterable[str], limit: int) -> list[str]:
+    """The staff rooms a *verified* identity is in: one per store it works for, when its role is a
+    staff role (at most ``limit``). Nothing a client sends reaches here: ``subscribe`` and
+    ``stores`` name store ids, which become ``store:`` rooms only."""
+    if role not in staff_roles:
+        return []
+    return [staff_room(store_id) for store_id in list(dict.fromkeys(stores))[:limit]]
 
 
 def viewed_stores(rooms: Iterable[str]) -> list[str]:

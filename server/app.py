@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 NODE = web.AppKey("node", Node)
 SETTINGS = web.AppKey("settings", Settings)
 SIO = web.AppKey("sio", SocketIOEndpoint)
+AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
 
 
 def make_backplane(settings: Settings) -> Backplane:
@@ -48,6 +49,7 @@ def create_app(settings: Settings) -> web.Application:
     api = web.Application(middlewares=[error_middleware, admin.auth_middleware])
     app[NODE] = node
     app[SETTINGS] = settings
+    app[AUTHENTICATOR] = authenticator
 
     websocket = WebSocketEndpoint(node, authenticator, settings.websocket)
     app.router.add_get("/api/ws", websocket.handle)
@@ -79,6 +81,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/metrics", metrics)
 
     async def start(_: web.Application) -> None:
+        await authenticator.start()
         await node.start()
 
     async def close_clients(_app: web.Application) -> None:
@@ -96,6 +99,7 @@ def create_app(settings: Settings) -> web.Application:
         websocket.heartbeat.stop()
         sio.server.eio.pings.stop()
         sio.server.connect_deadlines.stop()
+        await authenticator.stop()
         await node.stop()
 
     app.on_startup.append(start)

@@ -1,24 +1,33 @@
-"""Who a client is (contract §3): JWT verification, insecure development mode, and the Origin check.
+"""Who a client is (contract §3, §8): JWT verification, platform sessions, insecure development
+mode, and the Origin check.
 
-Both transports call the same ``Authenticator``; only where they read the token from differs.
+Both transports call the same ``Authenticator``; only where they read the credentials from differs.
+Whatever identified a client, it ends as one ``Identity``: who, which role, which stores it works
+for, when it expires and how to re-check it. Transports never look at where it came from.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import jwt
 
 from handlers.subscriptions import valid_id
 from server.config import AuthSettings
+from server.identity.errors import CLOSE_CODES, AuthError, FailureKind
+from server.identity.lifetime import Lifetime
+from server.identity.sessions import ForwardedHeaders, SessionVerifier
+
+if TYPE_CHECKING:
+    from server.identity.lifetime import Watched
+
+__all__ = ["CLOSE_CODES", "AuthError", "Authenticator", "Credentials", "FailureKind", "Identity"]
 
 log = logging.getLogger(__name__)
 
-FailureKind = Literal["bad_request", "unauthorized", "forbidden"]
-CLOSE_CODES: dict[str, int] = {"bad_request": 4400, "unauthorized": 4401, "forbidden": 4403}
 _HMAC_ALGORITHMS = ("HS256",)
 _PUBLIC_KEY_ALGORITHMS = ("RS256", "ES256")
 
@@ -27,19 +36,17 @@ _PUBLIC_KEY_ALGORITHMS = ("RS256", "ES256")
 class Identity:
     user_id: str
     role: str
-
-
-class AuthError(Exception):
-    """The connection is refused; ``kind`` is what the client is told, ``message`` why."""
-
-    def __init__(self, kind: FailureKind, message: str) -> None:
-        super().__init__(message)
-        self.kind: FailureKind = kind
-        self.message = message
+    stores: tuple[str, ...] = ()  # the stores it works for (token claim or session answer)
+    expires_at: float | None = None  # the token's exp, seconds since the epoch; None: never
+    # How to re-check it: the session headers it was identified by (in memory, on the connection
+    # only); None for a token or insecure identity.
+    session: ForwardedHeaders | None = field(default=None, repr=False, compare=False)
 
     @property
-    def close_code(self) -> int:
-        return CLOSE_CODES[self.kind]
+    def exp(self) -> int | float | None:
+        """``expires_at`` as the token had it, for clients (an integer, almost always)."""
+        expires_at = self.expires_at
+        return int(expires_at) if expires_at is not None and expires_at.is_integer() else expires_at
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,12 +56,39 @@ class Credentials:
     token: str | None = None
     user_id: str | None = None
     role: str | None = None
+    # The Cookie and Authorization headers as they came, for the session service.
+    cookie: str | None = field(default=None, repr=False)
+    authorization: str | None = field(default=None, repr=False)
 
 
 class Authenticator:
     def __init__(self, settings: AuthSettings, allowed_origins: tuple[str, ...]) -> None:
         self.settings = settings
         self.allowed_origins = frozenset(origin.rstrip("/") for origin in allowed_origins)
+        self.sessions: SessionVerifier | None = None
+        if settings.session_url:
+            self.sessions = SessionVerifier(
+                settings.session_url,
+                timeout=settings.session_timeout_seconds,
+                cache_seconds=settings.session_cache_seconds,
+                max_entries=settings.session_cache_max_entries,
+                max_concurrency=settings.session_max_concurrency,
+            )
+        self.lifetime: Lifetime = Lifetime(self.sessions, settings.session_recheck_seconds)
+
+    async def start(self) -> None:
+        """On app startup: the pooled HTTP client for session lookups."""
+        if self.sessions is not None:
+            await self.sessions.start()
+
+    async def stop(self) -> None:
+        self.lifetime.stop()
+        if self.sessions is not None:
+            await self.sessions.stop()
+
+    def watch(self, conn: Watched) -> None:
+        """Close ``conn`` when its identity expires or its session ends (one schedule per process)."""
+        self.lifetime.watch(conn)
 
     def check_origin(self, origin: str | None, host: str | None) -> None:
         """Browsers send Origin; services and native apps do not, and are let through."""
@@ -67,23 +101,62 @@ class Authenticator:
             return  # development mode: any origin; otherwise same-origin pages only
         raise AuthError("forbidden", f"origin {origin} is not allowed")
 
+    async def authenticate(self, credentials: Credentials) -> Identity:
+        """Who the client is: its token when it has one, else its platform session when the
+        server has a session service, else (insecure mode) what it claims."""
+        if credentials.token or self.sessions is None:
+            return self.identify(credentials)
+        self._check_claimed(credentials)
+        headers = ForwardedHeaders(credentials.cookie, credentials.authorization)
+        if headers.empty:
+            raise AuthError("unauthorized", "a token or a session is required")
+        answer = await self.sessions.lookup(headers)
+        identity = Identity(
+            answer.user_id, answer.role or self.settings.default_role, answer.stores, None, headers
+        )
+        self._check_match(credentials, identity, "the session")
+        return self._allowed(identity)
+
+    def refresh(self, current: Identity, token: str) -> Identity:
+        """The identity a fresh token gives a connection; AuthError("forbidden") if it does not
+        verify or names someone else (contract §8: the connection is then closed with 4403)."""
+        try:
+            identity = self._verify(token)
+        except AuthError as exc:
+            raise AuthError("forbidden", f"refresh refused: {exc.message}") from None
+        if identity.user_id != current.user_id or identity.role != current.role:
+            raise AuthError("forbidden", "refresh refused: the token names another user or role")
+        return identity
+
     def identify(self, credentials: Credentials) -> Identity:
         """Verify the token (or trust the claimed identity in insecure mode)."""
-        for name, value in (("userId", credentials.user_id), ("role", credentials.role)):
-            if value is not None and not valid_id(value):
-                raise AuthError("bad_request", f"{name} must be 1-128 letters, digits or _.:@-")
+        self._check_claimed(credentials)
         if credentials.token:
             identity = self._verify(credentials.token)
-            if credentials.user_id is not None and credentials.user_id != identity.user_id:
-                raise AuthError("forbidden", "userId does not match the token")
-            if credentials.role is not None and credentials.role != identity.role:
-                raise AuthError("forbidden", "role does not match the token")
+            self._check_match(credentials, identity, "the token")
         elif self.settings.insecure:
             if not credentials.user_id:
                 raise AuthError("bad_request", "userId is required")
             identity = Identity(credentials.user_id, credentials.role or self.settings.default_role)
         else:
             raise AuthError("unauthorized", "a token is required")
+        return self._allowed(identity)
+
+    @staticmethod
+    def _check_claimed(credentials: Credentials) -> None:
+        for name, value in (("userId", credentials.user_id), ("role", credentials.role)):
+            if value is not None and not valid_id(value):
+                raise AuthError("bad_request", f"{name} must be 1-128 letters, digits or _.:@-")
+
+    @staticmethod
+    def _check_match(credentials: Credentials, identity: Identity, source: str) -> None:
+        """A userId or role in the query must be the verified one's."""
+        if credentials.user_id is not None and credentials.user_id != identity.user_id:
+            raise AuthError("forbidden", f"userId does not match {source}")
+        if credentials.role is not None and credentials.role != identity.role:
+            raise AuthError("forbidden", f"role does not match {source}")
+
+    def _allowed(self, identity: Identity) -> Identity:
         if identity.role not in self.settings.roles:
             raise AuthError("forbidden", f"role {identity.role!r} is not allowed")
         return identity
@@ -110,7 +183,10 @@ class Authenticator:
                 algorithms=[algorithm],
                 audience=settings.audience,
                 issuer=settings.issuer,
-                options={"require": ["sub"], "verify_aud": settings.audience is not None},
+                options={
+                    "require": ["sub", "exp"] if settings.require_exp else ["sub"],
+                    "verify_aud": settings.audience is not None,
+                },
             )
         except jwt.ExpiredSignatureError:
             raise AuthError("unauthorized", "the token has expired") from None
@@ -121,4 +197,9 @@ class Authenticator:
             raise AuthError("unauthorized", "the token's sub is not a valid user id")
         if not isinstance(role, str):
             raise AuthError("unauthorized", "the token's role claim must be a string")
-        return Identity(user_id, role)
+        stores: Any = claims.get("stores", [])
+        if not isinstance(stores, list) or not all(valid_id(store) for store in stores):
+            raise AuthError("unauthorized", "the token's stores claim must be a list of store ids")
+        exp = claims.get("exp")
+        expires_at = float(exp) if isinstance(exp, int | float) and not isinstance(exp, bool) else None
+        return Identity(user_id, role, tuple(dict.fromkeys(stores)), expires_at)

@@ -41,6 +41,7 @@ ENV_SETTINGS = {
     "JWT_PUBLIC_KEY": "auth.jwt_public_key",
     "AUTH_INSECURE": "auth.insecure",
     "ADMIN_API_KEYS": "admin.api_keys",
+    "AUTH_SESSION_URL": "auth.session_url",
     "CORS_ALLOWED_ORIGINS": "cors_allowed_origins",
 }
 
@@ -67,6 +68,15 @@ class AuthSettings:
     cookie_name: str | None = None
     default_role: str = "customer"
     roles: tuple[str, ...] = ("customer", "merchant", "driver", "admin")
+    require_exp: bool = True
+    # Platform sessions (contract §8): identify token-less clients by the site's own session.
+    session_url: str | None = field(default=None, repr=False)
+    session_timeout_seconds: float = 2.0
+    session_cache_seconds: float = 60.0
+    session_cache_max_entries: int = 100_000
+    session_recheck_seconds: float = 300.0
+    session_max_concurrency: int = 32
+    staff_roles: tuple[str, ...] = ("merchant",)
 
 
 @dataclass(frozen=True)
@@ -140,6 +150,14 @@ class _Section(Schema):
         unknown = RAISE
 
 
+def _check_http_url(url: str | None) -> None:
+    if url is None:
+        return
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValidationError("must be an http:// or https:// URL with a host")
+
+
 class _AuthSchema(_Section):
     insecure = fields.Boolean()
     jwt_secret = fields.String(allow_none=True)
@@ -149,11 +167,20 @@ class _AuthSchema(_Section):
     cookie_name = fields.String(allow_none=True)
     default_role = fields.String()
     roles = fields.List(fields.String(validate=validate.Length(min=1)), validate=validate.Length(min=1))
+    require_exp = fields.Boolean()
+    session_url = fields.String(allow_none=True, validate=_check_http_url)
+    session_timeout_seconds = fields.Float(validate=_positive)
+    session_cache_seconds = fields.Float(validate=validate.Range(min=0))
+    session_cache_max_entries = fields.Integer(validate=_positive)
+    session_recheck_seconds = fields.Float(validate=validate.Range(min=0))
+    session_max_concurrency = fields.Integer(validate=_positive)
+    staff_roles = fields.List(fields.String(validate=validate.Length(min=1)))
 
     @post_load
     def make(self, data: dict[str, Any], **_: Any) -> AuthSettings:
-        if "roles" in data:
-            data["roles"] = tuple(data["roles"])
+        for name in ("roles", "staff_roles"):
+            if name in data:
+                data[name] = tuple(data[name])
         return AuthSettings(**data)
 
 
@@ -273,7 +300,16 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
             node = node.setdefault(name, {})
         node[leaf] = value
 
-    simple = ("HOST", "PORT", "LOG_LEVEL", "LOG_FORMAT", "REDIS_URL", "JWT_SECRET", "JWT_PUBLIC_KEY")
+    simple = (
+        "HOST",
+        "PORT",
+        "LOG_LEVEL",
+        "LOG_FORMAT",
+        "REDIS_URL",
+        "JWT_SECRET",
+        "JWT_PUBLIC_KEY",
+        "AUTH_SESSION_URL",
+    )
     for var in simple:
         path = ENV_SETTINGS[var]
         if env.get(var):
@@ -393,9 +429,9 @@ def check_settings(settings: Settings) -> None:
     if auth.default_role not in auth.roles:
         raise ConfigError(f"auth.default_role: {auth.default_role!r} is not one of auth.roles")
     if not auth.insecure:
-        if not (auth.jwt_secret or auth.jwt_public_key):
+        if not (auth.jwt_secret or auth.jwt_public_key or auth.session_url):
             raise ConfigError(
-                "JWT_SECRET or JWT_PUBLIC_KEY: required to verify client tokens "
+                "JWT_SECRET, JWT_PUBLIC_KEY or AUTH_SESSION_URL: required to identify clients "
                 "(or set AUTH_INSECURE=1 for development)"
             )
         if not settings.admin.api_keys:

@@ -7,7 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from handlers.subscriptions import store_room, store_rooms, viewed_stores
+from handlers.subscriptions import STAFF_PREFIX, staff_rooms, store_room, store_rooms, viewed_stores
+from server.auth import Identity
 from server.backplane.base import Backplane, BackplaneUnavailable, HistoryExpired, NodeReport
 from server.config import Settings
 from server.events import Event, EventId, OutgoingEvent, parse_event_id
@@ -138,6 +139,21 @@ class Node:
             "client disconnected",
             extra={"transport": conn.transport, "userId": conn.user_id, "reason": reason},
         )
+
+    def staff_rooms(self, identity: Identity) -> list[str]:
+        """The ``staff:`` rooms the verified ``identity`` belongs in (contract §8)."""
+        limit = self.settings.websocket.max_stores_per_connection
+        return staff_rooms(identity.role, identity.stores, self.settings.auth.staff_roles, limit)
+
+    def reidentify(self, conn: Connection, identity: Identity) -> None:
+        """A refreshed token: the connection's identity, and with it its staff rooms, are replaced."""
+        rooms = self.staff_rooms(identity)
+        for room in [room for room in conn.rooms if room.startswith(STAFF_PREFIX)]:
+            if room not in rooms:
+                self.hub.leave(conn, room)
+        for room in rooms:
+            self.hub.join(conn, room)
+        conn.identity = identity
 
     def subscribe(self, conn: Connection, store_id: str) -> str:
         """Join ``store:{store_id}``; the same rules as stores named at connect (SubscriptionError)."""

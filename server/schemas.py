@@ -10,12 +10,13 @@ from handlers.catalogue import StrictBoolean
 from handlers.subscriptions import valid_id
 
 
-def _id_list() -> fields.List[Any]:
+def _id_list(description: str | None = None) -> fields.List[Any]:
     def check(value: Any) -> None:
         if not valid_id(value):
             raise ValidationError("must be 1-128 letters, digits or _.:@-")
 
-    return fields.List(fields.String(validate=check), validate=validate.Length(max=1000))
+    metadata = {"description": description} if description else {}
+    return fields.List(fields.String(validate=check), validate=validate.Length(max=1000), metadata=metadata)
 
 
 class Strict(Schema):
@@ -26,6 +27,7 @@ class Strict(Schema):
 class AudienceSchema(Strict):
     users = _id_list()
     stores = _id_list()
+    staff = _id_list("store ids: staff:{storeId} rooms, the verified staff of each store")
     roles = _id_list()
     global_ = StrictBoolean(data_key="global")
 

@@ -30,6 +30,7 @@ from server.background import FixedDelay, spawn
 from server.config import Settings
 from server.events import Event
 from server.hub import CLOSE_KICKED, CLOSE_RATE_LIMITED, CLOSE_SLOW_CONSUMER, Connection
+from server.identity.errors import CLOSE_CODES
 from server.node import Node, Resume
 from server.sio_manager import HubManager
 from server.websocket import CLOSE_NORMAL, CLOSE_PROTOCOL_ERROR
@@ -45,6 +46,9 @@ CLIENT_PACKETS = (sio_packet.CONNECT, sio_packet.DISCONNECT, sio_packet.EVENT, s
 # What python-socketio keeps of a client's handshake request after CONNECT (it keeps the whole
 # environ, aiohttp's request included, for the connection's life); what ``_admit`` reads.
 KEPT_ENVIRON = ("HTTP_ORIGIN", "HTTP_HOST", "QUERY_STRING", "HTTP_AUTHORIZATION", "HTTP_COOKIE")
+# Closes meant to be final, which socket.io-client must not retry by itself (it stops on
+# ``io server disconnect``): kicked by the admin API, token expired or session ended, refresh refused.
+FINAL_CLOSES = frozenset({CLOSE_KICKED, CLOSE_CODES["unauthorized"], CLOSE_CODES["forbidden"]})
 
 
 class RealtimeEngine(engineio.AsyncServer):  # type: ignore[misc]
@@ -202,7 +206,7 @@ class SocketIOConnection(Connection):
         if self.closed:
             return
         self.closed = True
-        if code == CLOSE_KICKED:
+        if code in FINAL_CLOSES:
             # Meant to be final: tell socket.io-client so (``io server disconnect``).
             spawn(self._kick(code, reason))
         else:
@@ -236,13 +240,14 @@ class SocketIOEndpoint:
             http_compression=False,
             # Loggers of our own (not False): given False, each library adds a stderr handler of
             # its own, whose lines bypass LOG_FORMAT=json.
-            logger=logging.getLogger("socketio.server"),
-            engineio_logger=logging.getLogger("engineio.server"),
+            logger=library_logger("socketio.server"),
+            engineio_logger=library_logger("engineio.server"),
         )
         self.server.on("connect", self.on_connect)
         self.server.on("disconnect", self.on_disconnect)
         self.server.on("subscribe", self.on_subscribe)
         self.server.on("unsubscribe", self.on_unsubscribe)
+        self.server.on("refresh", self.on_refresh)
         self.server.on("*", self.on_other)
 
     def _origin_allowed(self, origin: str | None, environ: dict[str, Any]) -> bool:
@@ -271,6 +276,7 @@ class SocketIOEndpoint:
         conn.pid = pid if resume.recovered else secrets.token_urlsafe(12)
         self.server.pids[sid] = conn.pid
         self.server.pending[sid] = (conn, resume)
+        self.authenticator.watch(conn)
         await self._save_session(conn)
 
     async def _admit(self, environ: dict[str, Any], auth: Any) -> tuple[Identity, list[str], str | None, str]:
@@ -288,11 +294,13 @@ class SocketIOEndpoint:
         for name in ("token", "userId", "role", "lastEventId", "pid", "offset"):
             if auth.get(name) is not None and not isinstance(auth[name], str):
                 raise AuthError("bad_request", f"auth.{name} must be a string")
-        identity = self.authenticator.identify(
+        identity = await self.authenticator.authenticate(
             Credentials(
                 token=token,
                 user_id=auth.get("userId", query.get("userId")),
                 role=auth.get("role", query.get("role")),
+                cookie=environ.get("HTTP_COOKIE"),
+                authorization=environ.get("HTTP_AUTHORIZATION"),
             )
         )
         stores = auth.get("stores", [])
@@ -309,8 +317,10 @@ class SocketIOEndpoint:
             else:
                 after, pid = after or auth["offset"], ""
         try:
-            rooms = base_rooms(identity.user_id, identity.role) + store_rooms(
-                stores, self.settings.websocket.max_stores_per_connection
+            rooms = (
+                base_rooms(identity.user_id, identity.role)
+                + self.node.staff_rooms(identity)
+                + store_rooms(stores, self.settings.websocket.max_stores_per_connection)
             )
         except SubscriptionError as exc:
             raise AuthError("bad_request", str(exc)) from None
@@ -363,11 +373,43 @@ class SocketIOEndpoint:
         await self._save_session(conn)
         return {"ok": True, "room": room}
 
+    async def on_refresh(self, sid: str, data: Any = None) -> dict[str, Any]:
+        """A fresh token in band (contract §8): the same user and role, or the connection closes 4403."""
+        conn = self.connections.get(sid)
+        if conn is None:
+            return _refusal("not connected")
+        if not conn.allow_message():
+            conn.close(CLOSE_RATE_LIMITED, "too many messages")
+            return _refusal("too many messages")
+        token = data.get("token") if isinstance(data, dict) else None
+        if not isinstance(token, str) or not token:
+            return _refusal("token must be a token string")
+        try:
+            identity = self.authenticator.refresh(conn.identity, token)
+        except AuthError as exc:
+            log.info(
+                "connection closed: " + exc.message, extra={"userId": conn.user_id, "transport": "socketio"}
+            )
+            conn.close(exc.close_code, "refresh refused")  # a DISCONNECT follows this ack
+            return {"ok": False, "error": exc.kind, "message": exc.message}
+        self.node.reidentify(conn, identity)
+        self.authenticator.watch(conn)
+        return {"ok": True, "exp": identity.exp}
+
     async def on_other(self, event: str, sid: str, *args: Any) -> dict[str, Any]:
         conn = self.connections.get(sid)
         if conn is not None and not conn.allow_message():
             conn.close(CLOSE_RATE_LIMITED, "too many messages")
         return _refusal(f"unknown event {str(event)[:64]!r}")
+
+
+def library_logger(name: str) -> logging.Logger:
+    """A protocol library's logger, never below WARNING: at INFO they log every packet's data,
+    tokens in CONNECT packets included."""
+    logger = logging.getLogger(name)
+    if logger.getEffectiveLevel() < logging.WARNING:
+        logger.setLevel(logging.WARNING)
+    return logger
 
 
 def _refusal(message: str) -> dict[str, Any]:

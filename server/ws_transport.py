@@ -89,7 +89,9 @@ class WebSocketConnection(Connection):
             self.close(CLOSE_RATE_LIMITED, "too many messages")
             return
         if isinstance(data, str):
-            self.send_message(self._endpoint.answer(self, data))
+            answer = self._endpoint.answer(self, data)
+            if answer is not None:
+                self.send_message(answer)
         else:
             self.send_message(_error("binary frames are not accepted: send JSON text"))
 
@@ -108,13 +110,19 @@ class WebSocketEndpoint:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         response, deflate = handshake(request, self.settings.compression)
         try:
-            identity, rooms = self._admit(request)
+            # Awaits only for a session lookup (a token is verified without yielding); the
+            # upgrade waits for it, and a refusal is still a close frame after the upgrade.
+            identity, rooms = await self._admit(request)
         except AuthError as exc:
             log.info("websocket refused", extra={"reason": exc.message, "code": exc.close_code})
+            if _gone(request):
+                return TakenOver()
             socket = WebSocketProtocol(self.settings.max_message_bytes)
             take_over(request, response, socket)
             socket.close(exc.close_code, exc.message)
             return TakenOver()
+        if _gone(request):
+            return TakenOver()  # the client left during its session lookup: nothing to upgrade
         conn = WebSocketConnection(self, identity, deflate)
         socket = conn.socket
         take_over(request, response, socket)
@@ -136,6 +144,7 @@ class WebSocketEndpoint:
         if socket.transport is not None and not conn.closed:
             socket.transport.resume_reading()
             self.heartbeat.add(socket)
+            self.authenticator.watch(conn)
 
     def gone(self, conn: WebSocketConnection, code: int) -> None:
         self.heartbeat.discard(conn.socket)
@@ -157,15 +166,22 @@ class WebSocketEndpoint:
         )
         self.node.resume(conn, resume)
 
-    def _admit(self, request: web.Request) -> tuple[Any, list[str]]:
+    async def _admit(self, request: web.Request) -> tuple[Identity, list[str]]:
         query = request.query
-        self.authenticator.check_origin(request.headers.get("Origin"), request.host)
-        token = query.get("token") or bearer_token(request.headers.get("Authorization"))
+        headers = request.headers
+        self.authenticator.check_origin(headers.get("Origin"), request.host)
+        token = query.get("token") or bearer_token(headers.get("Authorization"))
         cookie_name = self.authenticator.settings.cookie_name
         if not token and cookie_name:
             token = request.cookies.get(cookie_name)
-        identity = self.authenticator.identify(
-            Credentials(token=token, user_id=query.get("userId"), role=query.get("role"))
+        identity = await self.authenticator.authenticate(
+            Credentials(
+                token=token,
+                user_id=query.get("userId"),
+                role=query.get("role"),
+                cookie=headers.get("Cookie"),
+                authorization=headers.get("Authorization"),
+            )
         )
         store_ids = parse_store_list(query.get("stores"))
         if "storeId" in query:
@@ -177,9 +193,12 @@ class WebSocketEndpoint:
             stores = store_rooms(store_ids, self.settings.max_stores_per_connection)
         except SubscriptionError as exc:
             raise AuthError("bad_request", str(exc)) from None
-        return identity, base_rooms(identity.user_id, identity.role) + stores
+        return identity, base_rooms(identity.user_id, identity.role) + self.node.staff_rooms(
+            identity
+        ) + stores
 
-    def answer(self, conn: WebSocketConnection, text: str) -> dict[str, Any]:
+    def answer(self, conn: WebSocketConnection, text: str) -> dict[str, Any] | None:
+        """The reply to a client frame; None when there is none (the connection was closed)."""
         try:
             message = orjson.loads(text)
         except orjson.JSONDecodeError:
@@ -189,6 +208,8 @@ class WebSocketEndpoint:
         kind = message["type"]
         if kind == "ping":
             return {"type": "pong"}
+        if kind == "refresh":
+            return self._refresh(conn, message.get("data"))
         if kind in ("subscribe", "unsubscribe"):
             data = message.get("data")
             store_id = data.get("storeId") if isinstance(data, dict) else None
@@ -202,6 +223,28 @@ class WebSocketEndpoint:
             except SubscriptionError as exc:
                 return _error(str(exc))
         return _error(f"unknown message type {kind[:64]!r}")
+
+    def _refresh(self, conn: WebSocketConnection, data: Any) -> dict[str, Any] | None:
+        """A fresh token in band (contract §8): the same user and role, or the connection closes 4403."""
+        token = data.get("token") if isinstance(data, dict) else None
+        if not isinstance(token, str) or not token:
+            return _error("data.token must be a token string")
+        try:
+            identity = self.authenticator.refresh(conn.identity, token)
+        except AuthError as exc:
+            log.info(
+                "connection closed: " + exc.message, extra={"userId": conn.user_id, "transport": "websocket"}
+            )
+            conn.close(exc.close_code, "refresh refused")
+            return None
+        self.node.reidentify(conn, identity)
+        self.authenticator.watch(conn)
+        return {"type": "refreshed", "data": {"exp": identity.exp}}
+
+
+def _gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
 
 
 def _error(message: str) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from server.app import create_app
 from server.config import Settings, load_settings
 from tests.clients import ADMIN_KEY, JWT_SECRET, Live
 from tests.redis_server import RedisServer
+from tests.session_service import log_watch, session_service  # noqa: F401 (fixtures)
 
 BASE_ENV = {"JWT_SECRET": JWT_SECRET, "ADMIN_API_KEYS": ADMIN_KEY, "CONFIG_FILE": os.devnull}
 

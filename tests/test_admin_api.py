@@ -648,7 +648,7 @@ async def test_openapi_document_is_valid_openapi_3_with_every_route(live: Live) 
     schemas = doc["components"]["schemas"]
     assert set(schemas["Event"]["properties"]) == {"type", "data", "to", "idempotencyKey"}
     assert set(schemas["Event"]["required"]) == {"type", "data"}
-    assert set(schemas["Audience"]["properties"]) == {"users", "stores", "roles", "global"}
+    assert set(schemas["Audience"]["properties"]) == {"users", "stores", "staff", "roles", "global"}
     assert set(schemas["data_order_updated"]["required"]) == {"orderId", "order"}
     assert set(schemas["data_store_availability_changed"]["required"]) == {"storeId", "isActive"}
     assert schemas["data_store_availability_changed"]["properties"]["isActive"]["type"] == "boolean"
