@@ -66,6 +66,7 @@ def serve(settings: Settings) -> int:
             port=settings.port,
             print=listening,
             access_log=None,
+            keepalive_timeout=settings.http_idle_timeout_seconds,
             shutdown_timeout=settings.shutdown_timeout_seconds / 2,
             loop=uvloop.new_event_loop(),
         )

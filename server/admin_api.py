@@ -20,6 +20,7 @@ from server.backplane.base import BackplaneUnavailable
 from server.config import Settings
 from server.events import OutgoingEvent
 from server.fastcheck import compile_check
+from server.limits import KeyedRateLimit, retry_after
 from server.node import Node
 from server.schemas import BatchSchema, EventSchema
 
@@ -86,6 +87,7 @@ class AdminApi:
         self.event_check = compile_check(self.event_schema)
         self.data_checks = {name: compile_check(t.schema) for name, t in catalogue.types.items()}
         self.batch_schema = BatchSchema()
+        self.rate_limit = KeyedRateLimit(settings.admin.requests_per_second, settings.admin.requests_burst)
         if not self.keys:
             log.warning("admin API is open: no ADMIN_API_KEYS (AUTH_INSECURE=1)")
 
@@ -99,22 +101,30 @@ class AdminApi:
     @web.middleware
     async def auth_middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path.startswith("/api/v1/"):
-            self._check_key(request.headers.get("Authorization", ""))
+            key = self._check_key(request.headers.get("Authorization", ""))
+            wait = self.rate_limit.wait(key)
+            if wait:
+                error = ApiError(429, "rate_limited", "too many requests with this API key: slow down")
+                error.headers["Retry-After"] = retry_after(wait)
+                raise error
         return await handler(request)
 
-    def _check_key(self, header: str) -> None:
+    def _check_key(self, header: str) -> str:
+        """Which key the request carries (its position, for the rate limit), or 401."""
         if not self.keys:
-            return
+            return "open"
         scheme, _, presented = header.partition(" ")
         candidate = presented.strip().encode() if scheme.lower() == "bearer" else b""
         # Compare with every key, in constant time, so timing tells nothing about which matched.
-        matched = False
-        for key in self.keys:
-            matched |= hmac.compare_digest(candidate, key)
-        if not matched:
+        matched = -1
+        for index, key in enumerate(self.keys):
+            if hmac.compare_digest(candidate, key):
+                matched = index
+        if matched < 0:
             error = ApiError(401, "unauthorized", "a valid 'Authorization: Bearer <API key>' is required")
             error.headers["WWW-Authenticate"] = "Bearer"
             raise error
+        return str(matched)
 
     # --- POST /api/v1/events -------------------------------------------------------------
 

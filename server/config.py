@@ -85,6 +85,8 @@ class AdminSettings:
     max_body_bytes: int = 1024 * 1024
     max_batch: int = 1000
     idempotency_ttl_seconds: int = 24 * 3600
+    requests_per_second: float = 1000.0
+    requests_burst: int = 2000
 
 
 @dataclass(frozen=True)
@@ -131,6 +133,7 @@ class Settings:
     log_level: str = "info"
     log_format: str = "text"
     shutdown_timeout_seconds: float = 10.0
+    http_idle_timeout_seconds: float = 15.0
     cors_allowed_origins: tuple[str, ...] = ()
     auth: AuthSettings = field(default_factory=AuthSettings)
     admin: AdminSettings = field(default_factory=AdminSettings)
@@ -189,6 +192,8 @@ class _AdminSchema(_Section):
     max_body_bytes = fields.Integer(validate=_positive)
     max_batch = fields.Integer(validate=_positive)
     idempotency_ttl_seconds = fields.Integer(validate=_positive)
+    requests_per_second = fields.Float(validate=_positive)
+    requests_burst = fields.Integer(validate=_positive)
 
     @post_load
     def make(self, data: dict[str, Any], **_: Any) -> AdminSettings:
@@ -263,6 +268,7 @@ class _SettingsSchema(_Section):
     log_level = fields.String(validate=validate.OneOf(["debug", "info", "warning", "error", "critical"]))
     log_format = fields.String(validate=validate.OneOf(["text", "json"]))
     shutdown_timeout_seconds = fields.Float(validate=_positive)
+    http_idle_timeout_seconds = fields.Float(validate=_positive)
     cors_allowed_origins = fields.List(fields.String(validate=validate.Length(min=1)))
     auth = fields.Nested(_AuthSchema)
     admin = fields.Nested(_AdminSchema)
