@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import random
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -107,11 +107,18 @@ class RetryPolicy:
     base: float = 0.25
     cap: float = 8.0
     max_retry_after: float = 30.0
+    # Called before each retry with the failure and the delay about to be waited (e.g. to log it).
+    on_retry: Callable[[Unavailable, float], None] | None = None
 
-    def delay(self, retry: int, retry_after: float | None) -> float:
-        if retry_after is not None:
-            return min(self.max_retry_after, retry_after) + random.uniform(0, self.base)
-        return random.uniform(0, min(self.cap, self.base * 2**retry))
+    def delay(self, retry: int, failure: Unavailable) -> float:
+        """Seconds to wait before retry number ``retry`` (0 first) after ``failure``."""
+        if failure.retry_after is not None:
+            seconds = min(self.max_retry_after, failure.retry_after) + random.uniform(0, self.base)
+        else:
+            seconds = random.uniform(0, min(self.cap, self.base * 2**retry))
+        if self.on_retry is not None:
+            self.on_retry(failure, seconds)
+        return seconds
 
 
 class Retry(Exception):

@@ -83,7 +83,7 @@ class AsyncPublisher:
         last: Unavailable | None = None
         for attempt in range(self.retry.attempts):
             if last is not None:
-                await asyncio.sleep(self.retry.delay(attempt - 1, last.retry_after))
+                await asyncio.sleep(self.retry.delay(attempt - 1, last))
             try:
                 async with session.post(self.url, data=body, headers=self._headers) as resp:
                     raw = await resp.read()

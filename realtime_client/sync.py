@@ -79,7 +79,7 @@ class Publisher:
         last: Unavailable | None = None
         for attempt in range(self.retry.attempts):
             if last is not None:
-                time.sleep(self.retry.delay(attempt - 1, last.retry_after))
+                time.sleep(self.retry.delay(attempt - 1, last))
             try:
                 resp = self._pool.request(
                     "POST", self.url, body=body, headers=self._headers, preload_content=True
