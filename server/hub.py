@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 from handlers.subscriptions import USER_PREFIX, user_room
 from server.auth import Identity
 from server.events import Event, EventBatch, EventId
+from server.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +136,8 @@ class UserCounts(Mapping[str, int]):
 
 
 class Hub:
-    def __init__(self) -> None:
+    def __init__(self, metrics: Metrics | None = None) -> None:
+        self.metrics = metrics or Metrics()
         self.rooms: dict[str, set[Connection]] = {}
         self.connections: set[Connection] = set()
         self.delivered = 0
@@ -195,10 +197,16 @@ class Hub:
             for conn in targets:
                 conn.deliver(batch)
             self.delivered += len(targets) * len(events)
+            if targets:
+                self.metrics.delivered(events)
             return
         per_connection: dict[Connection, list[Event]] = {}
+        reached: list[Event] = []  # events some local connection was in the rooms of
         for event in events:
-            for conn in self._targets(event.rooms):
+            targets = self._targets(event.rooms)
+            if targets:
+                reached.append(event)
+            for conn in targets:
                 if conn in per_connection:
                     per_connection[conn].append(event)
                 else:
@@ -206,6 +214,7 @@ class Hub:
         for conn, mine in per_connection.items():
             conn.deliver(mine)
             self.delivered += len(mine)
+        self.metrics.delivered(reached)
 
     def _targets(self, event_rooms: tuple[str, ...]) -> Collection[Connection]:
         """The connections in any of ``event_rooms``, each once.

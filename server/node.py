@@ -12,6 +12,7 @@ from server.backplane.base import Backplane, BackplaneUnavailable, HistoryExpire
 from server.config import Settings
 from server.events import Event, EventId, OutgoingEvent, parse_event_id
 from server.hub import CLOSE_KICKED, Connection, Hub
+from server.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +34,13 @@ class Resume:
 
 
 class Node:
-    def __init__(self, settings: Settings, backplane: Backplane) -> None:
+    def __init__(self, settings: Settings, backplane: Backplane, metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.name = settings.node_name
         self.backplane = backplane
-        self.hub = Hub()
+        self.metrics = metrics or Metrics()
+        self.hub = Hub(self.metrics)
+        self.metrics.watch(self)
         self.events_accepted = 0
 
     async def start(self) -> None:
@@ -66,6 +69,7 @@ class Node:
     async def publish(self, events: Sequence[OutgoingEvent]) -> list[str]:
         ids = await self.backplane.publish(events)
         self.events_accepted += len(events)
+        self.metrics.accepted(events, ids)
         if log.isEnabledFor(logging.INFO):  # the fields cost something; skip them when not logged
             log.info(
                 "events accepted",

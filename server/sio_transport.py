@@ -132,6 +132,7 @@ class SocketIOConnection(Connection):
     def send_events(self, events: Sequence[Event]) -> None:
         if not self.server.write_events(self.eio_sid, events):
             log.warning("slow consumer closed", extra={"userId": self.user_id, "transport": self.transport})
+            self.node.metrics.slow_consumer(self.transport)
             self.close(CLOSE_SLOW_CONSUMER, "slow consumer")
 
     def send_message(self, message: dict[str, Any]) -> None:
@@ -192,6 +193,7 @@ class SocketIOEndpoint:
             identity, rooms, after, pid = await self._admit(environ, auth)
         except AuthError as exc:
             log.info("socket.io refused", extra={"reason": exc.message, "kind": exc.kind})
+            self.node.metrics.refused(SocketIOConnection.transport, exc.kind)
             raise socketio.exceptions.ConnectionRefusedError(exc.kind, {"reason": exc.message}) from None
         eio_sid = self.server.manager.eio_sid_from_sid(sid, NAMESPACE)
         conn = SocketIOConnection(self.server, self.node, sid, eio_sid, identity)

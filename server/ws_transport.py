@@ -75,6 +75,7 @@ class WebSocketConnection(Connection):
         socket.write(frames)
         if socket.buffered() > self._limit:
             log.warning("slow consumer closed", extra={"userId": self.user_id, "transport": self.transport})
+            self._endpoint.node.metrics.slow_consumer(self.transport)
             self.close(CLOSE_SLOW_CONSUMER, "slow consumer")
 
     def close(self, code: int, reason: str) -> None:
@@ -111,6 +112,7 @@ class WebSocketEndpoint:
             identity, rooms = self._admit(request)
         except AuthError as exc:
             log.info("websocket refused", extra={"reason": exc.message, "code": exc.close_code})
+            self.node.metrics.refused(WebSocketConnection.transport, exc.kind)
             socket = WebSocketProtocol(self.settings.max_message_bytes)
             take_over(request, response, socket)
             socket.close(exc.close_code, exc.message)

@@ -45,6 +45,7 @@ from server.backplane.base import (
 from server.backplane.resp import ReplyLost, RespConnection
 from server.config import Settings
 from server.events import Event, EventId, OutgoingEvent, format_event_id, parse_event_id
+from server.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +120,8 @@ def _id(raw: bytes | str) -> str:
 class RedisBackplane(Backplane):
     name = "redis"
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
+        self.metrics = metrics or Metrics()
         config = settings.redis
         assert config.url is not None
         self.settings = settings
@@ -250,6 +252,8 @@ class RedisBackplane(Backplane):
                     last = await self._position()
                 if not self._tail_ok:
                     await self._tailer.call("PING")  # ready now, not after a first XREAD's BLOCK
+                    if self._connected.is_set():
+                        self.metrics.backplane_reconnects.inc()
                     log.info("backplane tail connected", extra={"node": self.node, "from": last})
                     self._tail_ok, self._last_read = True, time.monotonic()
                     self._connected.set()
@@ -289,6 +293,7 @@ class RedisBackplane(Backplane):
             except (KeyError, ValueError, TypeError) as exc:
                 log.error("skipped a malformed stream entry", extra={"id": event_id, "error": repr(exc)})
         if events:
+            self.metrics.read_from_backplane(events[-1])
             self._on_event(events)
         return event_id
 
