@@ -13,6 +13,7 @@ from server.auth import Authenticator
 from server.backplane.base import Backplane
 from server.backplane.memory import MemoryBackplane
 from server.config import Settings
+from server.dashboard import Dashboard
 from server.hub import CLOSE_RESTART
 from server.metrics import Metrics
 from server.node import Node
@@ -54,6 +55,8 @@ def create_app(settings: Settings) -> web.Application:
     sio = SocketIOEndpoint(node, authenticator, settings)
     sio.attach(app)
     admin.add_routes(api)
+    dashboard = Dashboard(node, authenticator, settings)
+    dashboard.add_routes(app)
 
     openapi = build_openapi(catalogue)
 
@@ -82,6 +85,7 @@ def create_app(settings: Settings) -> web.Application:
     async def close_clients(_app: web.Application) -> None:
         """Shutdown: every client is told 1012 (service restart) and reconnects elsewhere."""
         count = len(node.hub.connections)
+        await dashboard.close_all()
         node.hub.close_all(CLOSE_RESTART, "server restarting")
         # Let the close frames reach the wire before aiohttp cancels the handlers.
         for _ in range(20):

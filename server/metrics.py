@@ -121,6 +121,15 @@ class Metrics:
     def slow_consumer(self, transport: str) -> None:
         self.slow_consumer_closes.labels(transport).inc()
 
+    def latency_counts(self) -> list[float]:
+        """The delivery latency histogram's cumulative bucket counts (``LATENCY_BUCKETS``, then +Inf)."""
+        return [
+            sample.value
+            for family in self.delivery_latency.collect()
+            for sample in family.samples
+            if sample.name.endswith("_bucket")
+        ]
+
     def watch(self, node: Node) -> None:
         """Also report ``node``'s state (connections, deliveries...) when scraped."""
         self.registry.register(NodeCollector(node))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,10 +41,12 @@ class Node:
         self.metrics = metrics or Metrics()
         self.hub = Hub(self.metrics)
         self.metrics.watch(self)
+        # Called with every batch of events this process receives (the dashboard's tail, while open).
+        self.taps: list[Callable[[Sequence[Event]], None]] = []
         self.events_accepted = 0
 
     async def start(self) -> None:
-        await self.backplane.start(self.hub.deliver, self._on_command, self.report)
+        await self.backplane.start(self._received, self._on_command, self.report)
         log.info(
             "node started",
             extra={"node": self.name, "backplane": self.backplane.name},
@@ -52,6 +54,11 @@ class Node:
 
     async def stop(self) -> None:
         await self.backplane.stop()
+
+    def _received(self, events: Sequence[Event]) -> None:
+        self.hub.deliver(events)
+        for tap in self.taps:
+            tap(events)
 
     def report(self) -> NodeReport:
         hub = self.hub
@@ -62,6 +69,7 @@ class Node:
             users=hub.users,
             events_delivered=hub.delivered,
             events_accepted=self.events_accepted,
+            latency=self.metrics.latency_counts(),
         )
 
     # --- publishing -----------------------------------------------------------------------

@@ -381,6 +381,7 @@ class RedisBackplane(Backplane):
                     "by_transport": orjson.dumps(report.by_transport),
                     "delivered": report.events_delivered,
                     "accepted": report.events_accepted,
+                    "latency": orjson.dumps(report.latency),
                 },
             )
             pipe.pexpire(self.users_key, self.ttl_ms)
@@ -429,6 +430,7 @@ class RedisBackplane(Backplane):
                         by_transport=orjson.loads(fields.get(b"by_transport", b"{}")),
                         events_delivered=int(fields.get(b"delivered", 0)),
                         events_accepted=int(fields.get(b"accepted", 0)),
+                        latency=orjson.loads(fields.get(b"latency", b"[]")),
                     )
                 )
         return reports
