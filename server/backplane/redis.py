@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 
 BLOCK_MS = 2000
 PRESENCE_FLUSH_SECONDS = 0.1
+# Every process's counters (stats, the dashboard's rates and latency) are at most this old in Redis.
+STATS_FLUSH_SECONDS = 1.0
 STARTUP_WAIT_SECONDS = 2.0
 
 # Sets the floor when the stream is new (or was lost with a Redis restart): ids handed out from
@@ -340,16 +342,17 @@ class RedisBackplane(Backplane):
 
     async def _presence(self) -> None:
         """Refresh this process's presence: changed users often, everything every ttl/3."""
-        next_full = 0.0
+        next_full = next_stats = 0.0
         while self._running:
             try:
                 now = time.monotonic()
                 if now >= next_full:
                     self._dirty_users.clear()
                     await self._write_presence(full=True)
-                    next_full = now + self.ttl_ms / 3000
-                elif self._dirty_users:
+                    next_full, next_stats = now + self.ttl_ms / 3000, now + STATS_FLUSH_SECONDS
+                elif self._dirty_users or now >= next_stats:
                     await self._write_presence(full=False)
+                    next_stats = now + STATS_FLUSH_SECONDS
                 await asyncio.sleep(PRESENCE_FLUSH_SECONDS)
             except asyncio.CancelledError:
                 raise
