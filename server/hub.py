@@ -135,6 +135,13 @@ class UserCounts(Mapping[str, int]):
         return sum(1 for room in self._rooms if room.startswith(USER_PREFIX))
 
 
+def _log_delivered(events: Sequence[Event], connections: int) -> None:
+    """One line per batch written to local sockets: an event's id can be followed here from the
+    process that accepted it ("events accepted")."""
+    if log.isEnabledFor(logging.INFO):  # the fields cost something; skip them when not logged
+        log.info("events delivered", extra={"ids": [e.id for e in events], "connections": connections})
+
+
 class Hub:
     def __init__(self, metrics: Metrics | None = None) -> None:
         self.metrics = metrics or Metrics()
@@ -199,6 +206,7 @@ class Hub:
             self.delivered += len(targets) * len(events)
             if targets:
                 self.metrics.delivered(events)
+                _log_delivered(events, len(targets))
             return
         per_connection: dict[Connection, list[Event]] = {}
         reached: list[Event] = []  # events some local connection was in the rooms of
@@ -215,6 +223,8 @@ class Hub:
             conn.deliver(mine)
             self.delivered += len(mine)
         self.metrics.delivered(reached)
+        if reached:
+            _log_delivered(reached, len(per_connection))
 
     def _targets(self, event_rooms: tuple[str, ...]) -> Collection[Connection]:
         """The connections in any of ``event_rooms``, each once.

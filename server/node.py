@@ -81,7 +81,8 @@ class Node:
         if log.isEnabledFor(logging.INFO):  # the fields cost something; skip them when not logged
             log.info(
                 "events accepted",
-                extra={"count": len(events), "types": sorted({e.type for e in events}), "first_id": ids[0]},
+                # Every id, so that one event can be followed to the processes that deliver it.
+                extra={"count": len(events), "types": sorted({e.type for e in events}), "ids": ids},
             )
         return ids
 
