@@ -112,6 +112,35 @@ async def test_feed_refuses_a_foreign_origin(live: Live) -> None:
     assert refused.value.status == 403
 
 
+async def test_feed_accepts_its_own_origin_even_when_cors_lists_only_the_apps(
+    start_server: StartServer,
+) -> None:
+    live = await start_server(make_settings(cors_allowed_origins=["https://app.example.com"]))
+    ws = await live.session.ws_connect(f"{live.base}/dashboard/feed", headers={"Origin": live.base})
+    await ws.send_str(orjson.dumps({"key": ADMIN_KEY}).decode())
+    assert (await next_of(ws, "hello"))["node"] == live.node.name
+    await ws.close()
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await live.session.ws_connect(
+            f"{live.base}/dashboard/feed", headers={"Origin": "https://evil.example"}
+        )
+    assert refused.value.status == 403
+
+
+async def test_feed_falls_back_to_this_process_while_redis_is_down(
+    start_server: StartServer, redis: RedisServer
+) -> None:
+    live = await start_server(make_settings(node_name="alone", redis={"url": redis.url}))
+    feed = await open_feed(live)
+    await next_of(feed, "hello")
+    redis.stop()
+    stats = await stats_until(feed, lambda s: s["error"] is not None)
+    assert stats["error"].startswith("only this process") and [n["node"] for n in stats["nodes"]] == ["alone"]
+    redis.start()
+    await stats_until(feed, lambda s: s["error"] is None, timeout=20)
+    await feed.close()
+
+
 async def test_feed_shows_nodes_connections_events_and_their_data_on_request(live: Live) -> None:
     feed = await open_feed(live)
     hello = await next_of(feed, "hello")
