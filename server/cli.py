@@ -101,15 +101,22 @@ def main(serve: Callable[[], int], argv: Sequence[str] | None = None) -> int:
         if command == "serve":
             return serve()
         if command == "publish":
-            return publish(args)
-        if command == "token":
-            return token(args)
-        return check_config()
+            code = publish(args)
+        elif command == "token":
+            code = token(args)
+        else:
+            code = check_config()
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at exit
+        return code
     except CommandError as exc:
         print(" ".join(str(exc).split()), file=sys.stderr)
         return exc.code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # Whoever read the output stopped early (``| head``): not an error, and no traceback at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 # --- publish -------------------------------------------------------------------------------

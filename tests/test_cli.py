@@ -214,6 +214,20 @@ def test_check_config_prints_every_setting_with_secrets_masked() -> None:
     assert ran.stderr.strip() == "configuration OK"
 
 
+def test_output_into_a_pipe_closed_early_is_not_an_error() -> None:
+    """``check-config | head``: the reader may go before the command writes (``true`` reads nothing)."""
+    done = subprocess.run(
+        ["bash", "-c", f"set -o pipefail; {sys.executable} -m server check-config | true"],
+        cwd=REPO,
+        env=server_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
+
+
 def test_check_config_exits_1_with_the_reason_serve_would_give() -> None:
     ran = run("check-config", env={"JWT_SECRET": None})
     assert_one_line_failure(ran, "configuration error", "JWT_SECRET", code=1)
