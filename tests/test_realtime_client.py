@@ -312,3 +312,18 @@ async def test_a_retry_across_a_redis_outage_delivers_exactly_once(
             await ws.close()
     finally:
         server.close()
+
+
+def test_the_client_needs_nothing_from_the_server_package() -> None:
+    """``realtime_client`` is copied into services on its own: it must not import ``server``."""
+    import subprocess
+    import sys
+
+    from tests.process import REPO
+
+    code = (
+        "import sys, realtime_client\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('server', 'handlers')))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done
