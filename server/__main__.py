@@ -1,4 +1,4 @@
-"""``python -m server``: read settings, then serve until SIGTERM/SIGINT (exit 0)."""
+"""``python -m server``: the command line (server/cli.py); with no command, serve until SIGTERM/SIGINT."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("server")
 
 
-def main() -> int:
+def run_server() -> int:
+    """Read the settings, then serve until SIGTERM/SIGINT (exit 0)."""
     try:
         settings = load_settings()
     except ConfigError as exc:
@@ -83,4 +84,6 @@ def serve(settings: Settings) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from server.cli import main
+
+    sys.exit(main(run_server))

@@ -99,6 +99,22 @@ class AdminApi:
         app.router.add_post("/users/{userId}/disconnect", self.disconnect)
 
     @web.middleware
+    async def metrics_middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Count every admin request by route (its pattern, never the raw path) and final status."""
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "unmatched"
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        finally:
+            self.node.metrics.admin_requests.labels(route, str(status)).inc()
+
+    @web.middleware
     async def auth_middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path.startswith("/api/v1/"):
             key = self._check_key(request.headers.get("Authorization", ""))

@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 from handlers.subscriptions import USER_PREFIX, user_room
 from server.auth import Identity
 from server.events import Event, EventBatch, EventId
+from server.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -134,8 +135,16 @@ class UserCounts(Mapping[str, int]):
         return sum(1 for room in self._rooms if room.startswith(USER_PREFIX))
 
 
+def _log_delivered(events: Sequence[Event], connections: int) -> None:
+    """One line per batch written to local sockets: an event's id can be followed here from the
+    process that accepted it ("events accepted")."""
+    if log.isEnabledFor(logging.INFO):  # the fields cost something; skip them when not logged
+        log.info("events delivered", extra={"ids": [e.id for e in events], "connections": connections})
+
+
 class Hub:
-    def __init__(self) -> None:
+    def __init__(self, metrics: Metrics | None = None) -> None:
+        self.metrics = metrics or Metrics()
         self.rooms: dict[str, set[Connection]] = {}
         self.connections: set[Connection] = set()
         self.delivered = 0
@@ -195,10 +204,17 @@ class Hub:
             for conn in targets:
                 conn.deliver(batch)
             self.delivered += len(targets) * len(events)
+            if targets:
+                self.metrics.delivered(events)
+                _log_delivered(events, len(targets))
             return
         per_connection: dict[Connection, list[Event]] = {}
+        reached: list[Event] = []  # events some local connection was in the rooms of
         for event in events:
-            for conn in self._targets(event.rooms):
+            targets = self._targets(event.rooms)
+            if targets:
+                reached.append(event)
+            for conn in targets:
                 if conn in per_connection:
                     per_connection[conn].append(event)
                 else:
@@ -206,6 +222,9 @@ class Hub:
         for conn, mine in per_connection.items():
             conn.deliver(mine)
             self.delivered += len(mine)
+        self.metrics.delivered(reached)
+        if reached:
+            _log_delivered(reached, len(per_connection))
 
     def _targets(self, event_rooms: tuple[str, ...]) -> Collection[Connection]:
         """The connections in any of ``event_rooms``, each once.

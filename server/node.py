@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,6 +13,7 @@ from server.backplane.base import Backplane, BackplaneUnavailable, HistoryExpire
 from server.config import Settings
 from server.events import Event, EventId, OutgoingEvent, parse_event_id
 from server.hub import CLOSE_KICKED, Connection, Hub
+from server.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -34,15 +35,19 @@ class Resume:
 
 
 class Node:
-    def __init__(self, settings: Settings, backplane: Backplane) -> None:
+    def __init__(self, settings: Settings, backplane: Backplane, metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.name = settings.node_name
         self.backplane = backplane
-        self.hub = Hub()
+        self.metrics = metrics or Metrics()
+        self.hub = Hub(self.metrics)
+        self.metrics.watch(self)
+        # Called with every batch of events this process receives (the dashboard's tail, while open).
+        self.taps: list[Callable[[Sequence[Event]], None]] = []
         self.events_accepted = 0
 
     async def start(self) -> None:
-        await self.backplane.start(self.hub.deliver, self._on_command, self.report)
+        await self.backplane.start(self._received, self._on_command, self.report)
         log.info(
             "node started",
             extra={"node": self.name, "backplane": self.backplane.name},
@@ -50,6 +55,11 @@ class Node:
 
     async def stop(self) -> None:
         await self.backplane.stop()
+
+    def _received(self, events: Sequence[Event]) -> None:
+        self.hub.deliver(events)
+        for tap in self.taps:
+            tap(events)
 
     def report(self) -> NodeReport:
         hub = self.hub
@@ -60,6 +70,7 @@ class Node:
             users=hub.users,
             events_delivered=hub.delivered,
             events_accepted=self.events_accepted,
+            latency=self.metrics.latency_counts(),
         )
 
     # --- publishing -----------------------------------------------------------------------
@@ -67,10 +78,12 @@ class Node:
     async def publish(self, events: Sequence[OutgoingEvent]) -> list[str]:
         ids = await self.backplane.publish(events)
         self.events_accepted += len(events)
+        self.metrics.accepted(events, ids)
         if log.isEnabledFor(logging.INFO):  # the fields cost something; skip them when not logged
             log.info(
                 "events accepted",
-                extra={"count": len(events), "types": sorted({e.type for e in events}), "first_id": ids[0]},
+                # Every id, so that one event can be followed to the processes that deliver it.
+                extra={"count": len(events), "types": sorted({e.type for e in events}), "ids": ids},
             )
         return ids
 

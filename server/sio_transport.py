@@ -194,7 +194,8 @@ class SocketIOConnection(Connection):
 
     def send_events(self, events: Sequence[Event]) -> None:
         if not self.server.write_events(self.eio_sid, events):
-            self.closed = True  # closing for not reading: nothing more is sent
+            self.closed = True  # closed for not reading (logged where that was found)
+            self.node.metrics.slow_consumer(self.transport)
 
     def send_message(self, message: dict[str, Any]) -> None:
         payload = socketio.packet.Packet(
@@ -268,6 +269,7 @@ class SocketIOEndpoint:
             identity, rooms, after, pid = await self._admit(environ, auth)
         except AuthError as exc:
             log.info("socket.io refused", extra={"reason": exc.message, "kind": exc.kind})
+            self.node.metrics.refused(SocketIOConnection.transport, exc.kind)
             raise socketio.exceptions.ConnectionRefusedError(exc.kind, {"reason": exc.message}) from None
         eio_sid = self.server.manager.eio_sid_from_sid(sid, NAMESPACE)
         conn = SocketIOConnection(self.server, self.node, sid, eio_sid, identity)

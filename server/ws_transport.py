@@ -45,10 +45,10 @@ class _Socket(WebSocketProtocol):
         self.connection = connection
 
     def on_overflow(self) -> None:
-        log.warning(
-            "slow consumer closed", extra={"userId": self.connection.user_id, "transport": "websocket"}
-        )
-        self.connection.close(CLOSE_SLOW_CONSUMER, "slow consumer")
+        connection = self.connection
+        log.warning("slow consumer closed", extra={"userId": connection.user_id, "transport": "websocket"})
+        connection._endpoint.node.metrics.slow_consumer(connection.transport)
+        connection.close(CLOSE_SLOW_CONSUMER, "slow consumer")
 
     def on_message(self, data: str | bytes) -> None:
         self.connection.received(data)
@@ -115,6 +115,7 @@ class WebSocketEndpoint:
             identity, rooms = await self._admit(request)
         except AuthError as exc:
             log.info("websocket refused", extra={"reason": exc.message, "code": exc.close_code})
+            self.node.metrics.refused(WebSocketConnection.transport, exc.kind)
             if _gone(request):
                 return TakenOver()
             socket = WebSocketProtocol(self.settings.max_message_bytes)

@@ -46,6 +46,8 @@ class NodeReport:
     users: Mapping[str, int] = field(default_factory=dict)
     events_delivered: int = 0
     events_accepted: int = 0
+    # Delivery latency histogram: cumulative counts per bucket of server.metrics.LATENCY_BUCKETS, +Inf last.
+    latency: list[float] = field(default_factory=list)
 
 
 def is_recoverable(after: EventId, floor: EventId, last: EventId) -> bool:

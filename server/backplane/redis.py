@@ -45,11 +45,14 @@ from server.backplane.base import (
 from server.backplane.resp import ReplyLost, RespConnection
 from server.config import Settings
 from server.events import Event, EventId, OutgoingEvent, format_event_id, parse_event_id
+from server.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
 BLOCK_MS = 2000
 PRESENCE_FLUSH_SECONDS = 0.1
+# Every process's counters (stats, the dashboard's rates and latency) are at most this old in Redis.
+STATS_FLUSH_SECONDS = 1.0
 STARTUP_WAIT_SECONDS = 2.0
 
 # Sets the floor when the stream is new (or was lost with a Redis restart): ids handed out from
@@ -119,7 +122,8 @@ def _id(raw: bytes | str) -> str:
 class RedisBackplane(Backplane):
     name = "redis"
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
+        self.metrics = metrics or Metrics()
         config = settings.redis
         assert config.url is not None
         self.settings = settings
@@ -250,6 +254,8 @@ class RedisBackplane(Backplane):
                     last = await self._position()
                 if not self._tail_ok:
                     await self._tailer.call("PING")  # ready now, not after a first XREAD's BLOCK
+                    if self._connected.is_set():
+                        self.metrics.backplane_reconnects.inc()
                     log.info("backplane tail connected", extra={"node": self.node, "from": last})
                     self._tail_ok, self._last_read = True, time.monotonic()
                     self._connected.set()
@@ -289,6 +295,7 @@ class RedisBackplane(Backplane):
             except (KeyError, ValueError, TypeError) as exc:
                 log.error("skipped a malformed stream entry", extra={"id": event_id, "error": repr(exc)})
         if events:
+            self.metrics.read_from_backplane(events[-1])
             self._on_event(events)
         return event_id
 
@@ -335,16 +342,17 @@ class RedisBackplane(Backplane):
 
     async def _presence(self) -> None:
         """Refresh this process's presence: changed users often, everything every ttl/3."""
-        next_full = 0.0
+        next_full = next_stats = 0.0
         while self._running:
             try:
                 now = time.monotonic()
                 if now >= next_full:
                     self._dirty_users.clear()
                     await self._write_presence(full=True)
-                    next_full = now + self.ttl_ms / 3000
-                elif self._dirty_users:
+                    next_full, next_stats = now + self.ttl_ms / 3000, now + STATS_FLUSH_SECONDS
+                elif self._dirty_users or now >= next_stats:
                     await self._write_presence(full=False)
+                    next_stats = now + STATS_FLUSH_SECONDS
                 await asyncio.sleep(PRESENCE_FLUSH_SECONDS)
             except asyncio.CancelledError:
                 raise
@@ -376,6 +384,7 @@ class RedisBackplane(Backplane):
                     "by_transport": orjson.dumps(report.by_transport),
                     "delivered": report.events_delivered,
                     "accepted": report.events_accepted,
+                    "latency": orjson.dumps(report.latency),
                 },
             )
             pipe.pexpire(self.users_key, self.ttl_ms)
@@ -424,6 +433,7 @@ class RedisBackplane(Backplane):
                         by_transport=orjson.loads(fields.get(b"by_transport", b"{}")),
                         events_delivered=int(fields.get(b"delivered", 0)),
                         events_accepted=int(fields.get(b"accepted", 0)),
+                        latency=orjson.loads(fields.get(b"latency", b"[]")),
                     )
                 )
         return reports
