@@ -75,6 +75,7 @@ class AdminSettings:
     max_body_bytes: int = 1024 * 1024
     max_batch: int = 1000
     idempotency_ttl_seconds: int = 24 * 3600
+    max_event_bytes: int = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,7 @@ class WebSocketSettings:
 class HistorySettings:
     max_events: int = 10_000
     max_age_seconds: int = 600
+    resume_window_seconds: int = 120
 
 
 @dataclass(frozen=True)
@@ -160,6 +162,7 @@ class _AdminSchema(_Section):
     max_body_bytes = fields.Integer(validate=_positive)
     max_batch = fields.Integer(validate=_positive)
     idempotency_ttl_seconds = fields.Integer(validate=_positive)
+    max_event_bytes = fields.Integer(validate=_positive)
 
     @post_load
     def make(self, data: dict[str, Any], **_: Any) -> AdminSettings:
@@ -185,6 +188,7 @@ class _WebSocketSchema(_Section):
 class _HistorySchema(_Section):
     max_events = fields.Integer(validate=validate.Range(min=0))
     max_age_seconds = fields.Integer(validate=validate.Range(min=0))
+    resume_window_seconds = fields.Integer(validate=validate.Range(min=0))
 
     @post_load
     def make(self, data: dict[str, Any], **_: Any) -> HistorySettings:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from engineio import packet as eio_packet
@@ -68,12 +68,19 @@ class LeanSocket(AsyncSocket):  # type: ignore[misc]
     last_ping: float | None  # python-engineio's: when the unanswered ping was sent
     backlog_packets: int
     backlog_bytes: int
+    connection: Any  # the Socket.IO connection on this socket, while there is one
+    ping_mark: str | None  # the hub's position when the unanswered ping was written
+    acked: str | None  # the mark of the last ping the client answered
+    peer_close_code: int | None  # the close code of a WebSocket the client closed
 
     def adopt(self) -> None:
         self._queue: asyncio.Queue[Any] | None = self.__dict__.pop("queue")
         self.ws = None
         self.backlog_packets = 0  # MESSAGEs in the queue, not yet sent (a polling client's backlog)
         self.backlog_bytes = 0
+        self.connection = None
+        self.ping_mark = self.acked = None
+        self.peer_close_code = None
 
     # python-engineio's queue of packets for the client, made when needed: a WebSocket client
     # never needs it once connected, and an asyncio.Queue is ~3 KiB.
@@ -166,7 +173,10 @@ class LeanSocket(AsyncSocket):  # type: ignore[misc]
         return packets
 
     def schedule_ping(self) -> None:
+        """The client answered the ping (or has just connected): schedule the next one."""
         if self.last_ping:  # python-engineio's rule: one ping cycle at a time
+            if self.ping_mark is not None:
+                self.acked = self.ping_mark  # the PONG came after everything before the PING
             self.last_ping = None
             self.server.pings.add(self)
 
@@ -239,6 +249,8 @@ class EngineWebSocket(WebSocketProtocol):
         socket = self.socket
         if socket.ws is not self:
             return
+        if self.peer_closed_with is not None:
+            socket.peer_close_code = self.peer_closed_with
         socket.ws = None
         if self.state != "open":  # an upgrade that did not finish: the client stays on polling
             socket.upgrading = False
@@ -275,10 +287,17 @@ def driver(compress: bool) -> type[WebSocketDriver]:
 
 
 class PingScheduler:
-    """Sends each socket's next ping ``interval`` seconds after it is scheduled, from one task."""
+    """Sends each socket's next ping ``interval`` seconds after it is scheduled, from one task.
 
-    def __init__(self, interval: float) -> None:
+    ``position(socket)`` is what the ping marks: every event written to the socket before it
+    (see ``Connection.received_position``), or ``None``.
+    """
+
+    def __init__(
+        self, interval: float, position: Callable[[LeanSocket], str | None] = lambda _: None
+    ) -> None:
         self.interval = interval
+        self.position = position
         self._due: deque[tuple[float, LeanSocket]] = deque()  # in due order: the interval is fixed
         self._task: asyncio.Task[None] | None = None
 
@@ -297,6 +316,7 @@ class PingScheduler:
                     continue
                 _, socket = due.popleft()
                 if not socket.closing and not socket.closed:
+                    socket.ping_mark = self.position(socket)
                     socket.last_ping = time.time()
                     await socket.send(eio_packet.Packet(eio_packet.PING))
         finally:

@@ -42,6 +42,7 @@ class Connection(ABC):
         "closed",
         "identity",
         "rooms",
+        "start_position",
     )
 
     def __init__(self, identity: Identity, rate: float, burst: int) -> None:
@@ -57,10 +58,30 @@ class Connection(ABC):
         self._burst = float(burst)
         self._tokens = float(burst)
         self._refilled = time.monotonic()
+        # Where this connection started receiving (what it resumed from, or the stream's newest
+        # id at connect): its position until it answers a ping (see ``received_position``).
+        self.start_position: str | None = None
 
     @property
     def user_id(self) -> str:
         return self.identity.user_id
+
+    @property
+    def replaying(self) -> bool:
+        """Live events are held: what was delivered to the hub is not all in the socket yet."""
+        return self._held is not None
+
+    def acked_position(self) -> str | None:
+        """The hub's position when the last ping this client answered was written, if any."""
+        return None
+
+    def received_position(self) -> str | None:
+        """Up to where this client is known to have received (contract §7: resume without id).
+
+        Every event delivered to the hub before a ping was written into the socket ahead of it,
+        so once the client's pong arrives it has them all: the ping's position is certain.
+        """
+        return self.acked_position() or self.start_position
 
     def deliver(self, events: Sequence[Event]) -> None:
         """Send ``events`` (in id order, all addressed to this connection) in one write."""
@@ -141,6 +162,9 @@ class Hub:
         self.delivered = 0
         self.users = UserCounts(self.rooms)
         self._pending: list[Event] = []  # delivered at the next turn of the event loop
+        # The id of the last event delivered here: each connection has it, or a later event,
+        # in its socket (one assignment per batch, not per connection; see received_position).
+        self.position: str | None = None
         self._by_transport: Counter[str] = Counter()
 
     def add(self, conn: Connection, rooms: Iterable[str]) -> None:
@@ -186,6 +210,7 @@ class Hub:
         events, self._pending = self._pending, []
         if events:
             self._deliver_now(events)
+            self.position = events[-1].id
 
     def _deliver_now(self, events: list[Event]) -> None:
         rooms = events[0].rooms

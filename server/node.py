@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from handlers.subscriptions import store_room, store_rooms, viewed_stores
-from server.backplane.base import Backplane, BackplaneUnavailable, HistoryExpired, NodeReport
+from server.background import spawn
+from server.backplane.base import (
+    Backplane,
+    BackplaneUnavailable,
+    HistoryExpired,
+    NodeReport,
+    ResumePoint,
+    oldest,
+)
 from server.config import Settings
 from server.events import Event, EventId, OutgoingEvent, parse_event_id
 from server.hub import CLOSE_KICKED, Connection, Hub
@@ -16,6 +25,10 @@ from server.hub import CLOSE_KICKED, Connection, Hub
 log = logging.getLogger(__name__)
 
 DISCONNECT_USER = "disconnect_user"
+# A connection that ended with one of these is not resumed (contract §7): the client's own close
+# (1000, 1001), or a close that means "stop" (kicked, bad query, bad token, forbidden).
+STOP_CODES = frozenset({1000, 1001, 4001, 4400, 4401, 4403})
+SHUTDOWN_SAVE_SECONDS = 3.0  # of the 10 s shutdown budget
 
 
 @dataclass
@@ -23,6 +36,8 @@ class Resume:
     """What a connecting client gets before live events: a resync notice or the events it missed."""
 
     after: EventId | None = None
+    after_id: str | None = None  # ``after`` as sent: the client's id, or the server's resume point
+    by_server: bool = False  # resumed from where an earlier connection dropped (no id sent)
     missed: list[Event] = field(default_factory=list)
     resync_reason: str | None = None
     position: str | None = None  # where a client that saw nothing can resume from
@@ -39,6 +54,9 @@ class Node:
         self.backplane = backplane
         self.hub = Hub()
         self.events_accepted = 0
+        self.resume_window = settings.history.resume_window_seconds
+        self._resume_points: list[ResumePoint] = []  # saved together at the next turn
+        self.closing = False  # shutting down: every connection's point is saved at once
 
     async def start(self) -> None:
         await self.backplane.start(self.hub.deliver, self._on_command, self.report)
@@ -63,13 +81,20 @@ class Node:
 
     # --- publishing -----------------------------------------------------------------------
 
-    async def publish(self, events: Sequence[OutgoingEvent]) -> list[str]:
+    async def publish(self, events: Sequence[OutgoingEvent]) -> list[str | None]:
+        """Each event's id, or ``None`` for one dropped as stale (its version is not the newest)."""
         ids = await self.backplane.publish(events)
-        self.events_accepted += len(events)
+        accepted = sum(1 for event_id in ids if event_id is not None)
+        self.events_accepted += accepted
         if log.isEnabledFor(logging.INFO):  # the fields cost something; skip them when not logged
             log.info(
                 "events accepted",
-                extra={"count": len(events), "types": sorted({e.type for e in events}), "first_id": ids[0]},
+                extra={
+                    "count": accepted,
+                    "stale": len(ids) - accepted,
+                    "types": sorted({e.type for e in events}),
+                    "first_id": ids[0],
+                },
             )
         return ids
 
@@ -90,26 +115,41 @@ class Node:
 
     # --- connections ----------------------------------------------------------------------
 
-    async def connect(self, conn: Connection, rooms: Sequence[str], last_event_id: str | None) -> Resume:
+    async def connect(
+        self,
+        conn: Connection,
+        rooms: Sequence[str],
+        last_event_id: str | None,
+        resume_without_id: bool = False,
+    ) -> Resume:
         """Put ``conn`` in its rooms (live events are held) and find what it missed.
 
+        ``resume_without_id``: the client sent no position at all, so it continues where a
+        connection of its user and role dropped within the resume window, if one did (§7).
         The transport then sends its own first message and calls ``resume``.
         """
         self.hub.add(conn, rooms)
         self.backplane.mark_user(conn.user_id)
         resume = Resume()
+        point = None
         try:
-            resume.position = await self.backplane.position()
+            if resume_without_id and last_event_id is None and self.resume_window > 0:
+                resume.position, point = await self.backplane.start_position(conn.user_id, conn.identity.role)
+            else:
+                resume.position = await self.backplane.position()
         except BackplaneUnavailable:
             resume.position = None
+        if last_event_id is None and point is not None:
+            last_event_id, resume.by_server = point, True
         if last_event_id is not None:
-            resume.after = parse_event_id(last_event_id)
+            resume.after, resume.after_id = parse_event_id(last_event_id), last_event_id
             try:
                 resume.missed = await self.backplane.history(last_event_id, conn.rooms)
             except HistoryExpired:
                 resume.resync_reason = "history_expired"
             except BackplaneUnavailable:
                 resume.resync_reason = "history_unavailable"
+        conn.start_position = resume.after_id if resume.recovered else resume.position
         log.info(
             "client connected",
             extra={
@@ -117,6 +157,7 @@ class Node:
                 "userId": conn.user_id,
                 "role": conn.identity.role,
                 "resumed": resume.recovered,
+                "by_server": resume.by_server,
                 "missed": len(resume.missed),
             },
         )
@@ -129,15 +170,57 @@ class Node:
         else:
             conn.release(resume.missed, resume.after)
 
-    def disconnect(self, conn: Connection, reason: str) -> None:
+    def disconnect(self, conn: Connection, reason: str, code: int | None = None) -> None:
+        """``conn`` is gone; ``code`` is how it closed (``None``: no close code, e.g. a lost network)."""
         if conn not in self.hub.connections:
             return
         self.hub.remove(conn)
         self.backplane.mark_user(conn.user_id)
+        if code not in STOP_CODES and not self.closing:
+            self._keep_resume_point(conn)
         log.info(
             "client disconnected",
-            extra={"transport": conn.transport, "userId": conn.user_id, "reason": reason},
+            extra={"transport": conn.transport, "userId": conn.user_id, "reason": reason, "code": code},
         )
+
+    # --- resume without id (contract §7) -----------------------------------------------------
+
+    def _keep_resume_point(self, conn: Connection) -> None:
+        position = conn.received_position()
+        if position is None or self.resume_window <= 0:
+            return
+        if not self._resume_points:
+            spawn(self._save_resume_points())
+        self._resume_points.append((conn.user_id, conn.identity.role, position))
+
+    async def _save_resume_points(self) -> None:
+        """Save the points of the connections that ended meanwhile, in one round trip."""
+        await asyncio.sleep(0)
+        points, self._resume_points = self._resume_points, []
+        try:
+            await self.backplane.save_resume_points(_oldest_per_user(points))
+        except BackplaneUnavailable as exc:
+            log.warning("could not save resume points", extra={"count": len(points), "error": str(exc)})
+
+    async def save_all_resume_points(self) -> int:
+        """Shutdown: every open connection's point, saved at once before the clients are closed."""
+        self.closing = True
+        self.hub.flush()
+        points = _oldest_per_user(
+            [
+                (conn.user_id, conn.identity.role, position)
+                for conn in self.hub.connections
+                if (position := conn.received_position()) is not None
+            ]
+        )
+        if self.resume_window <= 0 or not points:
+            return 0
+        try:
+            await asyncio.wait_for(self.backplane.save_resume_points(points), SHUTDOWN_SAVE_SECONDS)
+        except (BackplaneUnavailable, TimeoutError) as exc:
+            log.warning("could not save resume points at shutdown", extra={"error": repr(exc)})
+            return 0
+        return len(points)
 
     def subscribe(self, conn: Connection, store_id: str) -> str:
         """Join ``store:{store_id}``; the same rules as stores named at connect (SubscriptionError)."""
@@ -150,3 +233,16 @@ class Node:
         room = store_room(store_id)
         self.hub.leave(conn, room)
         return room
+
+
+def _oldest_per_user(points: Sequence[ResumePoint]) -> list[ResumePoint]:
+    """One point per user and role: the oldest (several tabs that drop together each resume)."""
+    by_user: dict[tuple[str, str], list[str]] = {}
+    for user_id, role, position in points:
+        by_user.setdefault((user_id, role), []).append(position)
+    result: list[ResumePoint] = []
+    for (user_id, role), positions in by_user.items():
+        first = oldest(positions)
+        if first is not None:
+            result.append((user_id, role, first))
+    return result

@@ -17,6 +17,7 @@ import hashlib
 import logging
 import struct
 import zlib
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from aiohttp import web
@@ -174,8 +175,12 @@ class WebSocketProtocol(asyncio.Protocol):
         "_fragments",
         "_heard",
         "_inflate",
+        "_ping_mark",
+        "_ping_payload",
+        "acked",
         "deflate",
         "max_message_bytes",
+        "peer_closed_with",
         "transport",
     )
 
@@ -193,6 +198,12 @@ class WebSocketProtocol(asyncio.Protocol):
         self._close_sent = False
         self._close_code: int | None = None
         self._heard = True  # anything received since the last heartbeat
+        # The last ping's payload and what it marks (see ``Heartbeat``); ``acked``: the mark of
+        # the last ping the client answered.
+        self._ping_payload: bytes | None = None
+        self._ping_mark: str | None = None
+        self.acked: str | None = None
+        self.peer_closed_with: int | None = None  # the code of a close the client started
 
     # --- asyncio.Protocol --------------------------------------------------------------------
 
@@ -255,7 +266,10 @@ class WebSocketProtocol(asyncio.Protocol):
                 self._closed_by_peer(payload)
             elif opcode == OP_PING:
                 self.write(frame(OP_PONG, payload))
-            elif opcode != OP_PONG:
+            elif opcode == OP_PONG:
+                if payload == self._ping_payload and self._ping_mark is not None:
+                    self.acked = self._ping_mark
+            else:
                 self._fail(CLOSE_PROTOCOL_ERROR, "unknown opcode")
             return
         if opcode == OP_CONTINUATION:
@@ -310,6 +324,7 @@ class WebSocketProtocol(asyncio.Protocol):
             code = int.from_bytes(payload[:2], "big")
         if self._close_code is None:
             self._close_code = code
+            self.peer_closed_with = code
         if not self._close_sent:
             # Echo it (RFC 6455 §5.5.1); a 1005 ("no status") is never sent on the wire.
             self.write(frame(OP_CLOSE, payload[:2] if code != CLOSE_NO_STATUS else b""))
@@ -354,14 +369,19 @@ class WebSocketProtocol(asyncio.Protocol):
             transport.write_eof()
         asyncio.get_running_loop().call_later(self.closing_timeout, transport.abort)
 
-    def ping(self) -> bool:
-        """Ping the client; False if it has sent nothing since the last ping (it is then cut off)."""
+    def ping(self, ping_frame: bytes = b"\x89\x00", payload: bytes = b"", mark: str | None = None) -> bool:
+        """Ping the client; False if it has sent nothing since the last ping (it is then cut off).
+
+        ``ping_frame`` carries ``payload``; a pong with that payload proves the client has read
+        everything written before the ping, which ``mark`` names (it becomes ``acked``).
+        """
         if not self._heard:
             if self.transport is not None:
                 self.transport.abort()
             return False
         self._heard = False
-        self.write(frame(OP_PING, b""))
+        self._ping_payload, self._ping_mark = payload, mark
+        self.write(ping_frame)
         return True
 
     # --- for subclasses ----------------------------------------------------------------------
@@ -376,13 +396,17 @@ class WebSocketProtocol(asyncio.Protocol):
 class Heartbeat:
     """Pings every connection registered with it each ``interval`` seconds, from one task.
 
-    A connection that sent nothing (no pong, no message) between two pings is cut off.
+    A connection that sent nothing (no pong, no message) between two pings is cut off. Each
+    round's ping carries the round's number and marks ``position()`` (the last event written to
+    every client): one value and one frame per round, nothing per connection.
     """
 
-    def __init__(self, interval: float) -> None:
+    def __init__(self, interval: float, position: Callable[[], str | None] = lambda: None) -> None:
         self.interval = interval
+        self.position = position
         self.members: set[WebSocketProtocol] = set()
         self._task: asyncio.Task[None] | None = None
+        self._round = 0
 
     def add(self, protocol: WebSocketProtocol) -> None:
         self.members.add(protocol)
@@ -395,8 +419,11 @@ class Heartbeat:
     async def _run(self) -> None:
         while self.members:
             await asyncio.sleep(self.interval)
+            self._round += 1
+            payload = str(self._round).encode()
+            ping_frame, mark = frame(OP_PING, payload), self.position()
             for protocol in list(self.members):
-                if not protocol.ping():
+                if not protocol.ping(ping_frame, payload, mark):
                     self.members.discard(protocol)
         self._task = None
 
