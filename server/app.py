@@ -83,7 +83,7 @@ def create_app(settings: Settings) -> web.Application:
         """Shutdown: every client is told 1012 (service restart) and reconnects elsewhere, where
         it is resumed from the point saved here first (in one round trip for all)."""
         count = len(node.hub.connections)
-        saved = await node.save_all_resume_points()
+        saved = await node.resume_book.save_all()
         node.hub.close_all(CLOSE_RESTART, "server restarting")
         # Let the close frames reach the wire before aiohttp cancels the handlers.
         for _ in range(20):

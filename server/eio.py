@@ -104,10 +104,10 @@ class LeanSocket(AsyncSocket):  # type: ignore[misc]
             return ws
         return None
 
-    def send_events(self, events: Sequence[Event], limit: int) -> bool:
+    def send_events(self, events: Sequence[Event], limit: int | None) -> bool:
         """Send the events as Engine.IO MESSAGEs, in one write when on WebSocket.
 
-        False if the client's backlog is now over ``limit`` bytes.
+        False if the client's backlog is now over ``limit`` bytes (``None``: no bound).
         """
         if self.closed or self.closing:
             return True
@@ -115,7 +115,7 @@ class LeanSocket(AsyncSocket):  # type: ignore[misc]
         if ws is None:
             return self._enqueue([event.sio_payload for event in events], limit)
         ws.write(joined(events, SIO_FRAME_DEFLATED if ws.deflate else SIO_FRAME))
-        return ws.buffered() <= limit
+        return limit is None or ws.buffered() <= limit
 
     def send_message(self, payload: bytes, limit: int) -> bool:
         """Send one Engine.IO MESSAGE whose data is ``payload``; False as for ``send_events``."""
@@ -127,12 +127,14 @@ class LeanSocket(AsyncSocket):  # type: ignore[misc]
         ws.write(text_frame(b"4" + payload))
         return ws.buffered() <= limit
 
-    def _enqueue(self, payloads: list[bytes], limit: int) -> bool:
+    def _enqueue(self, payloads: list[bytes], limit: int | None) -> bool:
         for payload in payloads:
             self.backlog_packets += 1
             self.backlog_bytes += len(payload)
             self.queue.put_nowait(CountedPacket(self, payload.decode(), len(payload)))
         # Bounded in bytes like a WebSocket client's buffer (and in packets: each has a cost of its own).
+        if limit is None:
+            return True
         return self.backlog_bytes <= limit and self.backlog_packets <= MAX_QUEUED_PACKETS
 
     async def send(self, pkt: eio_packet.Packet) -> None:

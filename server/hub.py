@@ -109,7 +109,7 @@ class Connection(ABC):
                 pending.append(event)
                 last = event.sort_key
         if pending:
-            self.send_events(pending)
+            self.send_replay(pending)
         self._sent_up_to = last
 
     def allow_message(self) -> bool:
@@ -125,6 +125,12 @@ class Connection(ABC):
     @abstractmethod
     def send_events(self, events: Sequence[Event]) -> None:
         """Write the events' frames now, in order, in as few writes as the transport allows; never await."""
+
+    def send_replay(self, events: Sequence[Event]) -> None:
+        """Write what a reconnecting client missed. It may exceed the send buffer's bound, which
+        is for live traffic: the replay is bounded by the history, and a client closed for being
+        slow (1008) is replayed at least what it had not read, which is more than the bound."""
+        self.send_events(events)
 
     @abstractmethod
     def send_message(self, message: dict[str, Any]) -> None:

@@ -2,33 +2,26 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from handlers.subscriptions import store_room, store_rooms, viewed_stores
-from server.background import spawn
 from server.backplane.base import (
     Backplane,
     BackplaneUnavailable,
     HistoryExpired,
     NodeReport,
-    ResumePoint,
-    oldest,
 )
 from server.config import Settings
 from server.events import Event, EventId, OutgoingEvent, parse_event_id
 from server.hub import CLOSE_KICKED, Connection, Hub
+from server.resume import ResumeBook
 
 log = logging.getLogger(__name__)
 
 DISCONNECT_USER = "disconnect_user"
-# A connection that ended with one of these is not resumed (contract §7): the client's own close
-# (1000, 1001), or a close that means "stop" (kicked, bad query, bad token, forbidden).
-STOP_CODES = frozenset({1000, 1001, 4001, 4400, 4401, 4403})
-SHUTDOWN_SAVE_SECONDS = 3.0  # of the 10 s shutdown budget
 
 
 @dataclass
@@ -54,18 +47,20 @@ class Node:
         self.backplane = backplane
         self.hub = Hub()
         self.events_accepted = 0
-        self.resume_window = settings.history.resume_window_seconds
-        self._resume_points: list[ResumePoint] = []  # saved together at the next turn
-        self.closing = False  # shutting down: every connection's point is saved at once
+        self.resume_book = ResumeBook(
+            backplane, self.hub, settings.history.resume_window_seconds, settings.websocket.heartbeat_seconds
+        )
 
     async def start(self) -> None:
         await self.backplane.start(self.hub.deliver, self._on_command, self.report)
+        self.resume_book.start()
         log.info(
             "node started",
             extra={"node": self.name, "backplane": self.backplane.name},
         )
 
     async def stop(self) -> None:
+        self.resume_book.stop()
         await self.backplane.stop()
 
     def report(self) -> NodeReport:
@@ -133,7 +128,7 @@ class Node:
         resume = Resume()
         point = None
         try:
-            if resume_without_id and last_event_id is None and self.resume_window > 0:
+            if resume_without_id and last_event_id is None and self.resume_book.enabled:
                 resume.position, point = await self.backplane.start_position(conn.user_id, conn.identity.role)
             else:
                 resume.position = await self.backplane.position()
@@ -150,6 +145,7 @@ class Node:
             except BackplaneUnavailable:
                 resume.resync_reason = "history_unavailable"
         conn.start_position = resume.after_id if resume.recovered else resume.position
+        self.resume_book.started(conn)
         log.info(
             "client connected",
             extra={
@@ -176,51 +172,11 @@ class Node:
             return
         self.hub.remove(conn)
         self.backplane.mark_user(conn.user_id)
-        if code not in STOP_CODES and not self.closing:
-            self._keep_resume_point(conn)
+        self.resume_book.ended(conn, code)
         log.info(
             "client disconnected",
             extra={"transport": conn.transport, "userId": conn.user_id, "reason": reason, "code": code},
         )
-
-    # --- resume without id (contract §7) -----------------------------------------------------
-
-    def _keep_resume_point(self, conn: Connection) -> None:
-        position = conn.received_position()
-        if position is None or self.resume_window <= 0:
-            return
-        if not self._resume_points:
-            spawn(self._save_resume_points())
-        self._resume_points.append((conn.user_id, conn.identity.role, position))
-
-    async def _save_resume_points(self) -> None:
-        """Save the points of the connections that ended meanwhile, in one round trip."""
-        await asyncio.sleep(0)
-        points, self._resume_points = self._resume_points, []
-        try:
-            await self.backplane.save_resume_points(_oldest_per_user(points))
-        except BackplaneUnavailable as exc:
-            log.warning("could not save resume points", extra={"count": len(points), "error": str(exc)})
-
-    async def save_all_resume_points(self) -> int:
-        """Shutdown: every open connection's point, saved at once before the clients are closed."""
-        self.closing = True
-        self.hub.flush()
-        points = _oldest_per_user(
-            [
-                (conn.user_id, conn.identity.role, position)
-                for conn in self.hub.connections
-                if (position := conn.received_position()) is not None
-            ]
-        )
-        if self.resume_window <= 0 or not points:
-            return 0
-        try:
-            await asyncio.wait_for(self.backplane.save_resume_points(points), SHUTDOWN_SAVE_SECONDS)
-        except (BackplaneUnavailable, TimeoutError) as exc:
-            log.warning("could not save resume points at shutdown", extra={"error": repr(exc)})
-            return 0
-        return len(points)
 
     def subscribe(self, conn: Connection, store_id: str) -> str:
         """Join ``store:{store_id}``; the same rules as stores named at connect (SubscriptionError)."""
@@ -233,16 +189,3 @@ class Node:
         room = store_room(store_id)
         self.hub.leave(conn, room)
         return room
-
-
-def _oldest_per_user(points: Sequence[ResumePoint]) -> list[ResumePoint]:
-    """One point per user and role: the oldest (several tabs that drop together each resume)."""
-    by_user: dict[tuple[str, str], list[str]] = {}
-    for user_id, role, position in points:
-        by_user.setdefault((user_id, role), []).append(position)
-    result: list[ResumePoint] = []
-    for (user_id, role), positions in by_user.items():
-        first = oldest(positions)
-        if first is not None:
-            result.append((user_id, role, first))
-    return result

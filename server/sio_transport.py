@@ -80,10 +80,12 @@ class RealtimeServer(socketio.AsyncServer):  # type: ignore[misc]
         socket = self.socket(eio_sid)
         return socket is None or socket.send_message(payload, self.send_buffer_bytes)
 
-    def write_events(self, eio_sid: str, events: Sequence[Event]) -> bool:
-        """Send the events, in one write when on WebSocket; False if the client overflowed."""
+    def write_events(self, eio_sid: str, events: Sequence[Event], limit: int | None = -1) -> bool:
+        """Send the events, in one write when on WebSocket; False if the client overflowed the
+        send buffer (``limit``: its bound, ``None`` for none; by default ``send_buffer_bytes``)."""
         socket = self.socket(eio_sid)
-        return socket is None or socket.send_events(events, self.send_buffer_bytes)
+        bound = self.send_buffer_bytes if limit == -1 else limit
+        return socket is None or socket.send_events(events, bound)
 
     async def _send_packet(self, eio_sid: str, pkt: sio_packet.Packet) -> None:
         if pkt.packet_type == sio_packet.CONNECT and isinstance(pkt.data, dict):
@@ -137,6 +139,9 @@ class SocketIOConnection(Connection):
             log.warning("slow consumer closed", extra={"userId": self.user_id, "transport": self.transport})
             self.close(CLOSE_SLOW_CONSUMER, "slow consumer")
 
+    def send_replay(self, events: Sequence[Event]) -> None:
+        self.server.write_events(self.eio_sid, events, limit=None)
+
     def send_message(self, message: dict[str, Any]) -> None:
         payload = socketio.packet.Packet(
             sio_packet.EVENT, data=[message["type"], message.get("data")], namespace=NAMESPACE
@@ -179,7 +184,9 @@ class SocketIOEndpoint:
             # Origins are checked at CONNECT, where the refusal can say "forbidden".
             cors_allowed_origins=lambda origin, environ: True,
             ping_interval=ws.heartbeat_seconds,
-            ping_timeout=20,
+            # Node's default (20 s), shorter only when the heartbeat is (tests): a client that
+            # stops answering pings is dropped (and resumed when it returns) as on plain WS.
+            ping_timeout=min(20, ws.heartbeat_seconds),
             max_http_buffer_size=ws.max_message_bytes,
             http_compression=False,
             logger=False,

@@ -66,6 +66,10 @@ class WebSocketConnection(Connection):
     def send_events(self, events: Sequence[Event]) -> None:
         self._write(joined(events, WS_FRAME_DEFLATED if self.socket.deflate else WS_FRAME))
 
+    def send_replay(self, events: Sequence[Event]) -> None:
+        if not self.closed:
+            self.socket.write(joined(events, WS_FRAME_DEFLATED if self.socket.deflate else WS_FRAME))
+
     def send_message(self, message: dict[str, Any]) -> None:
         self._write(text_frame(orjson.dumps(message)))
 

@@ -67,6 +67,7 @@ class Backplane(ABC):
     """See the module docstring. ``on_event`` runs for every event on every process, in id order."""
 
     name: str
+    shares_processes: bool = False  # other processes take over this one's clients (leases, §7)
 
     @abstractmethod
     async def start(
@@ -108,6 +109,15 @@ class Backplane(ABC):
     @abstractmethod
     async def save_resume_points(self, points: Sequence[ResumePoint]) -> None:
         """Remember each point for ``history.resume_window_seconds`` (one round trip for all)."""
+
+    @abstractmethod
+    async def save_leases(self, points: Sequence[ResumePoint], only_new: bool) -> None:
+        """This process's live connections' positions, for the others to resume them if it dies
+        (``only_new``: keep a user's older position if there is one). Only shared backplanes."""
+
+    @abstractmethod
+    async def drop_leases(self, users: Sequence[tuple[str, str]]) -> None:
+        """These users (and roles) closed for good here: their leases must resume nobody."""
 
     @abstractmethod
     async def command(self, command: dict[str, Any]) -> None:

@@ -151,6 +151,12 @@ class MemoryBackplane(Backplane):
         for user_id, role, position in points:
             self._resume.setdefault((user_id, role), {})[position] = now
 
+    async def save_leases(self, points: Sequence[ResumePoint], only_new: bool) -> None:
+        """One process: nobody else could take its clients over."""
+
+    async def drop_leases(self, users: Sequence[tuple[str, str]]) -> None:
+        """One process: no leases."""
+
     async def command(self, command: dict[str, Any]) -> None:
         assert self._on_command is not None
         self._on_command(command)

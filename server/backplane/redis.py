@@ -16,6 +16,8 @@ Keys (``P`` is ``redis.key_prefix``; the README documents the entry format for d
 - ``P:ver:TYPE:ENTITY``: the last version accepted for that entity
 - ``P:resume:ROLE:USER``: sorted set, event id → when a connection of that user and role that
   dropped was last known to be receiving up to it (expires after the resume window)
+- ``P:lease:ROLE:USER``: hash, process → the position of that user's live connections there,
+  renewed every heartbeat interval (expires after the resume window)
 - ``P:session:PID``: a Socket.IO session's stores
 - ``P:nodes`` (sorted set: node → expiry ms), ``P:node:NAME`` (stats), ``P:node:NAME:users``
 """
@@ -26,6 +28,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from typing import Any
@@ -136,6 +139,20 @@ return redis.call('GET', KEYS[2])
 
 # KEYS: stream, floor, added, the user's resume points. ARGV: the resume window in ms.
 # The position, then the points saved within the window (older ones are dropped).
+# Whether event id ARGV-style string ``a`` is older than ``b`` (ids are "ms-seq").
+_OLDER = """
+local function older(a, b)
+  local am, aseq = string.match(a, '^(%d+)-(%d+)$')
+  local bm, bseq = string.match(b, '^(%d+)-(%d+)$')
+  if not am or not bm then return false end
+  if tonumber(am) ~= tonumber(bm) then return tonumber(am) < tonumber(bm) end
+  return tonumber(aseq) < tonumber(bseq)
+end
+"""
+
+# KEYS: stream, floor, added, the user's resume points, the user's leases. ARGV: the resume window
+# in ms, this process's lease field. The position, then the points saved within the window (older
+# ones are dropped) and the leases of other processes (a process that was killed saved nothing).
 _START_POSITION = (
     _ENSURE_FLOOR
     + """
@@ -145,7 +162,12 @@ if #newest > 0 then position = newest[1][1] end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - tonumber(ARGV[1]))
-return {position, redis.call('ZRANGE', KEYS[4], 0, -1)}
+local points = redis.call('ZRANGE', KEYS[4], 0, -1)
+local leases = redis.call('HGETALL', KEYS[5])
+for i = 1, #leases, 2 do
+  if leases[i] ~= ARGV[2] then points[#points + 1] = leases[i + 1] end
+end
+return {position, points}
 """
 )
 
@@ -158,11 +180,30 @@ for i = 1, #KEYS do
   redis.call('PEXPIRE', KEYS[i], ARGV[1])
 end
 """
+
+# KEYS: lease hashes (one per user and role). ARGV: the window in ms, this process's field, '1' to
+# keep an older lease already there, then one event id per key.
+_SAVE_LEASES = (
+    _OLDER
+    + """
+for i = 1, #KEYS do
+  local current = ARGV[3] == '1' and redis.call('HGET', KEYS[i], ARGV[2])
+  if not current or older(ARGV[i + 3], current) then
+    redis.call('HSET', KEYS[i], ARGV[2], ARGV[i + 3])
+  end
+  redis.call('PEXPIRE', KEYS[i], ARGV[1])
+end
+"""
+)
+
+_DROP_LEASES = """
+for i = 1, #KEYS do redis.call('HDEL', KEYS[i], ARGV[1]) end
+"""
 SAVE_CHUNK = 1000  # resume points per script call: Redis is never blocked long by one
 
 _SHA = {
     script: hashlib.sha1(script.encode()).hexdigest()
-    for script in (_PUBLISH, _COMMAND, _POSITION, _START_POSITION, _SAVE_RESUME)
+    for script in (_PUBLISH, _COMMAND, _POSITION, _START_POSITION, _SAVE_RESUME, _SAVE_LEASES, _DROP_LEASES)
 }
 HISTORY_PAGE = 1000  # entries per XRANGE when replaying
 
@@ -173,6 +214,7 @@ def _id(raw: bytes | str) -> str:
 
 class RedisBackplane(Backplane):
     name = "redis"
+    shares_processes = True
 
     def __init__(self, settings: Settings) -> None:
         config = settings.redis
@@ -185,6 +227,10 @@ class RedisBackplane(Backplane):
         self.added_key = f"{prefix}:events:added"
         self.key_prefix = f"{prefix}:"  # idempotency keys and versions: see OutgoingEvent
         self.resume_prefix = f"{prefix}:resume:"
+        self.lease_prefix = f"{prefix}:lease:"
+        # This process's field in the lease hashes: its name alone would be taken for its own by
+        # the next process of the same name (a restarted dyno), which then resumed nobody.
+        self.lease_field = f"{self.node}#{secrets.token_hex(4)}"
         self.resume_window_ms = settings.history.resume_window_seconds * 1000
         self.session_prefix = f"{prefix}:session:"
         self.nodes_key = f"{prefix}:nodes"
@@ -369,13 +415,48 @@ class RedisBackplane(Backplane):
     async def start_position(self, user_id: str, role: str) -> tuple[str, str | None]:
         if self.resume_window_ms <= 0:
             return await self.position(), None
-        keys = (self.stream, self.floor_key, self.added_key, self._resume_key(user_id, role))
+        keys = (
+            self.stream,
+            self.floor_key,
+            self.added_key,
+            self._resume_key(user_id, role),
+            self._lease_key(user_id, role),
+        )
         async with self._reachable():
-            position, points = await self._eval(_START_POSITION, [self.resume_window_ms], keys)
+            position, points = await self._eval(
+                _START_POSITION, [self.resume_window_ms, self.lease_field], keys
+            )
         return _id(position), oldest(points)
 
     def _resume_key(self, user_id: str, role: str) -> str:
         return f"{self.resume_prefix}{role}:{user_id}"
+
+    def _lease_key(self, user_id: str, role: str) -> str:
+        return f"{self.lease_prefix}{role}:{user_id}"
+
+    async def save_leases(self, points: Sequence[ResumePoint], only_new: bool) -> None:
+        if self.resume_window_ms <= 0 or not points:
+            return
+        calls = []
+        for start in range(0, len(points), SAVE_CHUNK):
+            chunk = points[start : start + SAVE_CHUNK]
+            keys = [self._lease_key(user_id, role) for user_id, role, _ in chunk]
+            args = [
+                self.resume_window_ms,
+                self.lease_field,
+                "1" if only_new else "0",
+                *(p for _, _, p in chunk),
+            ]
+            calls.append(self._eval(_SAVE_LEASES, args, keys))
+        async with self._reachable():
+            await asyncio.gather(*calls)
+
+    async def drop_leases(self, users: Sequence[tuple[str, str]]) -> None:
+        if not users:
+            return
+        keys = [self._lease_key(user_id, role) for user_id, role in users]
+        async with self._reachable():
+            await self._eval(_DROP_LEASES, [self.lease_field], keys)
 
     async def save_resume_points(self, points: Sequence[ResumePoint]) -> None:
         """One script call per ``SAVE_CHUNK`` points, all sent at once (pipelined)."""
