@@ -319,3 +319,21 @@ async def test_no_resume_after_a_socketio_transport_closed_by_the_client_with_10
     await asyncio.sleep(0.3)
     assert client.events == []
     await client.close()
+
+
+async def test_socketio_sessions_resuming_by_last_event_id_each_get_a_pid_of_their_own(live: Live) -> None:
+    ws, connected = await live.ws_ready(token=make_token("exact"))
+    position = connected["data"]["lastEventId"]
+    await ws.close()
+    pids = []
+    for _ in range(2):
+        raw = await live.session.ws_connect(
+            f"{live.base}/socket.io/?EIO=4&transport=websocket", autoclose=False
+        )
+        assert (await raw.receive_str(timeout=3)).startswith("0")
+        await raw.send_str(
+            "40" + orjson.dumps({"token": make_token("exact"), "lastEventId": position}).decode()
+        )
+        pids.append(orjson.loads((await raw.receive_str(timeout=3))[2:])["pid"])
+        await raw.close()
+    assert all(pids) and pids[0] != pids[1], pids  # defect: both were "" (one shared session key)
