@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -171,7 +171,34 @@ class Hub:
         # The id of the last event delivered here: each connection has it, or a later event,
         # in its socket (one assignment per batch, not per connection; see received_position).
         self.position: str | None = None
+        # The last events delivered here, when kept (``keep_recent``): a reconnect storm replays
+        # from them instead of each client reading the shared history again (Redis).
+        self.recent: deque[Event] | None = None
         self._by_transport: Counter[str] = Counter()
+
+    def keep_recent(self, count: int) -> None:
+        self.recent = deque(maxlen=count) if count > 0 else None
+
+    def recent_since(self, after: EventId, rooms: Collection[str]) -> list[Event] | None:
+        """The kept events after ``after`` addressed to ``rooms``, oldest first; ``None`` when
+        ``after`` is older than the first kept event (then the shared history must answer).
+
+        Every event after the first kept one is kept (the tail delivers all, in order), so this
+        is exactly what the history would give, minus what the tail has not delivered yet: that
+        reaches the client live (it is in its rooms, held, before this is read).
+        """
+        recent = self.recent
+        if not recent or after < recent[0].sort_key:
+            return None
+        wanted = set(rooms)
+        missed = []
+        for event in reversed(recent):
+            if event.sort_key <= after:
+                break
+            if not wanted.isdisjoint(event.rooms):
+                missed.append(event)
+        missed.reverse()
+        return missed
 
     def add(self, conn: Connection, rooms: Iterable[str]) -> None:
         self.connections.add(conn)
@@ -217,6 +244,8 @@ class Hub:
         if events:
             self._deliver_now(events)
             self.position = events[-1].id
+            if self.recent is not None:
+                self.recent.extend(events)
 
     def _deliver_now(self, events: list[Event]) -> None:
         rooms = events[0].rooms

@@ -46,6 +46,8 @@ class Node:
         self.name = settings.node_name
         self.backplane = backplane
         self.hub = Hub()
+        if backplane.shares_processes:  # the memory backplane's history is local already
+            self.hub.keep_recent(settings.history.max_events)
         self.events_accepted = 0
         self.resume_book = ResumeBook(
             backplane, self.hub, settings.history.resume_window_seconds, settings.websocket.heartbeat_seconds
@@ -138,8 +140,12 @@ class Node:
             last_event_id, resume.by_server = point, True
         if last_event_id is not None:
             resume.after, resume.after_id = parse_event_id(last_event_id), last_event_id
+            recent = self.hub.recent_since(resume.after, conn.rooms) if resume.after else None
             try:
-                resume.missed = await self.backplane.history(last_event_id, conn.rooms)
+                if recent is not None:
+                    resume.missed = recent
+                else:
+                    resume.missed = await self.backplane.history(last_event_id, conn.rooms)
             except HistoryExpired:
                 resume.resync_reason = "history_expired"
             except BackplaneUnavailable:
