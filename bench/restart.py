@@ -183,7 +183,7 @@ class Run:
                         elif "id" in frame:
                             client.received.append(frame["id"])
                         else:
-                            client.other.append(frame["type"])
+                            client.other.append(f"{frame['type']} {frame.get('data')}")
             except (aiohttp.ClientError, OSError):
                 pass
             if attempt >= len(HOOK_DELAYS):
@@ -216,7 +216,7 @@ class Run:
                             if name == "order_updated":
                                 client.received.append(args[-1])
                             else:
-                                client.other.append(name)
+                                client.other.append(f"{name} {args[0]}")
             except (aiohttp.ClientError, OSError):
                 pass
             await asyncio.sleep(1.0 + rng.random() * 0.5)  # python-socketio's default delay

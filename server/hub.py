@@ -179,16 +179,25 @@ class Hub:
     def keep_recent(self, count: int) -> None:
         self.recent = deque(maxlen=count) if count > 0 else None
 
-    def recent_since(self, after: EventId, rooms: Collection[str]) -> list[Event] | None:
+    def recent_since(
+        self, after: EventId, rooms: Collection[str], first: EventId | None = None
+    ) -> list[Event] | None:
         """The kept events after ``after`` addressed to ``rooms``, oldest first; ``None`` when
-        ``after`` is older than the first kept event (then the shared history must answer).
+        some of the events after ``after`` may not be kept (the shared history must answer).
 
-        Every event after the first kept one is kept (the tail delivers all, in order), so this
-        is exactly what the history would give, minus what the tail has not delivered yet: that
+        ``first``: every event after it reached this hub (where the backplane's tail started).
+        Every event after the first kept one is kept too (the tail delivers all, in order), so
+        this is what the history would give, minus what the tail has not delivered yet: that
         reaches the client live (it is in its rooms, held, before this is read).
         """
         recent = self.recent
-        if not recent or after < recent[0].sort_key:
+        if recent is None:
+            return None
+        full = len(recent) == recent.maxlen
+        covered_from = recent[0].sort_key if recent else None
+        if not full and first is not None:
+            covered_from = first
+        if covered_from is None or after < covered_from:
             return None
         wanted = set(rooms)
         missed = []

@@ -140,7 +140,9 @@ class Node:
             last_event_id, resume.by_server = point, True
         if last_event_id is not None:
             resume.after, resume.after_id = parse_event_id(last_event_id), last_event_id
-            recent = self.hub.recent_since(resume.after, conn.rooms) if resume.after else None
+            recent = None
+            if resume.after is not None:
+                recent = self.hub.recent_since(resume.after, conn.rooms, self.backplane.tail_start)
             try:
                 if recent is not None:
                     resume.missed = recent

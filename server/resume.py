@@ -81,7 +81,10 @@ class ResumeBook:
             return
         position = conn.received_position()
         if position is not None:
-            self._points.append((conn.user_id, conn.identity.role, position))
+            role = conn.identity.role
+            self._points.append((conn.user_id, role, position))
+            if self.backplane.shares_processes and not _has_other(self.hub, conn.user_id, role):
+                self._ended.append((conn.user_id, role))  # the point replaces its (older) lease
             self._schedule()
 
     def _schedule(self) -> None:
@@ -98,10 +101,10 @@ class ResumeBook:
         calls = []
         if points:
             calls.append(self.backplane.save_resume_points(oldest_per_user(points)))
+        if ended:  # before the new leases: a user who reconnected here this turn keeps its own
+            calls.append(self.backplane.drop_leases(ended))
         if leases:
             calls.append(self.backplane.save_leases(oldest_per_user(leases), only_new=True))
-        if ended:
-            calls.append(self.backplane.drop_leases(ended))
         for outcome in await asyncio.gather(*calls, return_exceptions=True):
             if isinstance(outcome, BackplaneUnavailable):
                 log.warning("could not save resume points", extra={"error": str(outcome)})
@@ -131,8 +134,13 @@ class ResumeBook:
         points = self.live_points()
         if not self.enabled or not points:
             return 0
+        users = [(user_id, role) for user_id, role, _ in points]
         try:
-            await asyncio.wait_for(self.backplane.save_resume_points(points), SHUTDOWN_SAVE_SECONDS)
+            # The leases go: they are older than the points (one heartbeat), so would win.
+            async with asyncio.timeout(SHUTDOWN_SAVE_SECONDS):
+                await asyncio.gather(
+                    self.backplane.save_resume_points(points), self.backplane.drop_leases(users)
+                )
         except (BackplaneUnavailable, TimeoutError) as exc:
             log.warning("could not save resume points at shutdown", extra={"error": repr(exc)})
             return 0

@@ -68,6 +68,7 @@ class Backplane(ABC):
 
     name: str
     shares_processes: bool = False  # other processes take over this one's clients (leases, §7)
+    tail_start: EventId | None = None  # every event after it reached ``on_event`` (shared only)
 
     @abstractmethod
     async def start(

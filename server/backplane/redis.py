@@ -361,6 +361,7 @@ class RedisBackplane(Backplane):
             try:
                 if last is None:
                     last = await self._position()
+                    self.tail_start = parse_event_id(last)
                 if not self._tail_ok:
                     await self._tailer.call("PING")  # ready now, not after a first XREAD's BLOCK
                     log.info("backplane tail connected", extra={"node": self.node, "from": last})
@@ -452,11 +453,12 @@ class RedisBackplane(Backplane):
             await asyncio.gather(*calls)
 
     async def drop_leases(self, users: Sequence[tuple[str, str]]) -> None:
-        if not users:
-            return
-        keys = [self._lease_key(user_id, role) for user_id, role in users]
+        calls = []
+        for start in range(0, len(users), SAVE_CHUNK):
+            keys = [self._lease_key(user_id, role) for user_id, role in users[start : start + SAVE_CHUNK]]
+            calls.append(self._eval(_DROP_LEASES, [self.lease_field], keys))
         async with self._reachable():
-            await self._eval(_DROP_LEASES, [self.lease_field], keys)
+            await asyncio.gather(*calls)
 
     async def save_resume_points(self, points: Sequence[ResumePoint]) -> None:
         """One script call per ``SAVE_CHUNK`` points, all sent at once (pipelined)."""
