@@ -197,8 +197,9 @@ class Hub:
         covered_from = recent[0].sort_key if recent else None
         if not full and first is not None:
             covered_from = first
-        if covered_from is None or after < covered_from:
-            return None
+        newest = recent[-1].sort_key if recent else covered_from
+        if covered_from is None or newest is None or not covered_from <= after <= newest:
+            return None  # older than what is kept, or newer than this tail: the history decides
         wanted = set(rooms)
         missed = []
         for event in reversed(recent):
