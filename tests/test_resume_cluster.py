@@ -150,3 +150,29 @@ async def test_no_resume_on_the_other_process_after_the_clients_own_close(pair: 
     await no_message(again)
     await again.close()
     assert await sio_ids(other, "sio") == []
+
+
+async def test_versions_are_decided_once_across_two_real_processes(pair: list[Live]) -> None:
+    """Two processes, one Redis: the publish script decides each version once, atomically."""
+
+    def versioned(version: int, **extra: Any) -> dict[str, Any]:
+        data = {"orderId": "o-hook", "order": {"userId": "hook"}, "n": version}
+        return {"type": "order_updated", "data": data, "version": version, **extra}
+
+    assert (await pair[0].post(versioned(5)))[1]["accepted"] == 1
+    status, answer = await pair[1].post(versioned(5))
+    assert status == 202 and answer == {"accepted": 0, "ids": [None], "stale": [0]}, answer
+    # Racing workers: whatever the interleaving, what is accepted goes up in the stream's order.
+    results = await asyncio.gather(
+        *(pair[v % 2].post(versioned(v, idempotencyKey=f"k{v}")) for v in range(6, 40))
+    )
+    kept = sorted(
+        (answer["ids"][0], v)
+        for v, (_, answer) in zip(range(6, 40), results, strict=True)
+        if answer["ids"][0]
+    )
+    assert [v for _, v in kept] == sorted(v for _, v in kept) and kept[-1][1] == 39
+    # A retry on the other process repeats the first answer, stale or not.
+    for v, (_, first) in zip(range(6, 40), results, strict=True):
+        _, again = await pair[(v + 1) % 2].post(versioned(v, idempotencyKey=f"k{v}"))
+        assert again == first

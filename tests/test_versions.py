@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 
 from server.config import Settings
+from server.events import parse_event_id
 from tests.clients import Live, make_token, no_message, recv
 from tests.conftest import StartServer
 from tests.support import assert_error, post_raw
@@ -168,7 +169,9 @@ async def test_versions_are_decided_once_across_two_processes(
         return version, answer["ids"][0]
 
     results = await asyncio.gather(*(post(version) for version in versions))
-    kept = sorted((event_id, version) for version, event_id in results if event_id is not None)
+    kept = sorted(
+        (parse_event_id(event_id), version) for version, event_id in results if event_id is not None
+    )
     # In the order Redis accepted them, each version is above every one accepted before it.
     kept_versions = [version for _, version in kept]
     assert kept_versions == sorted(kept_versions) and len(set(kept_versions)) == len(kept_versions)
