@@ -369,7 +369,7 @@ class WebSocketProtocol(asyncio.Protocol):
             transport.write_eof()
         asyncio.get_running_loop().call_later(self.closing_timeout, transport.abort)
 
-    def ping(self, ping_frame: bytes = b"\x89\x00", payload: bytes = b"", mark: str | None = None) -> bool:
+    def ping(self, ping_frame: bytes, payload: bytes, mark: str | None) -> bool:
         """Ping the client; False if it has sent nothing since the last ping (it is then cut off).
 
         ``ping_frame`` carries ``payload``; a pong with that payload proves the client has read

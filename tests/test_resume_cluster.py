@@ -14,6 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from server.events import parse_event_id
 from tests.clients import ADMIN_KEY, Live, SioClient, make_token, no_message, recv, recv_close
 from tests.process import ServerProcess
 from tests.redis_server import RedisServer
@@ -166,11 +167,8 @@ async def test_versions_are_decided_once_across_two_real_processes(pair: list[Li
     results = await asyncio.gather(
         *(pair[v % 2].post(versioned(v, idempotencyKey=f"k{v}")) for v in range(6, 40))
     )
-    kept = sorted(
-        (answer["ids"][0], v)
-        for v, (_, answer) in zip(range(6, 40), results, strict=True)
-        if answer["ids"][0]
-    )
+    ids = [answer["ids"][0] for _, answer in results]
+    kept = sorted((parse_event_id(i), v) for v, i in zip(range(6, 40), ids, strict=True) if i is not None)
     assert [v for _, v in kept] == sorted(v for _, v in kept) and kept[-1][1] == 39
     # A retry on the other process repeats the first answer, stale or not.
     for v, (_, first) in zip(range(6, 40), results, strict=True):

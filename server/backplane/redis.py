@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import secrets
 import time
@@ -53,6 +52,17 @@ from server.backplane.base import (
     parse_after,
     select_missed,
 )
+from server.backplane.redis_scripts import (
+    COMMAND,
+    DROP_LEASES,
+    POSITION,
+    PUBLISH,
+    SAVE_CHUNK,
+    SAVE_LEASES,
+    SAVE_RESUME,
+    SHA,
+    START_POSITION,
+)
 from server.backplane.resp import ReplyLost, RespConnection
 from server.config import Settings
 from server.events import Event, EventId, OutgoingEvent, format_event_id, parse_event_id
@@ -63,148 +73,6 @@ BLOCK_MS = 2000
 PRESENCE_FLUSH_SECONDS = 0.1
 STARTUP_WAIT_SECONDS = 2.0
 
-# Sets the floor when the stream is new (or was lost with a Redis restart): ids handed out from
-# now on are above it, and an id from before it is reported as expired, never silently skipped.
-_ENSURE_FLOOR = """
-if redis.call('EXISTS', KEYS[2]) == 0 then
-  local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
-  if #last > 0 then
-    redis.call('SET', KEYS[2], last[1][1])
-  else
-    local t = redis.call('TIME')
-    redis.call('SET', KEYS[2], (tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - 1) .. '-0')
-  end
-end
-"""
-
-# KEYS: stream, floor, added. ARGV: maxlen, ttl of idempotency keys and versions, key prefix, then
-# per event: type, data, rooms, idempotency key, version key, version ('' for none). All events
-# of a call are added, or none; one whose version is not above its entity's last accepted one
-# (earlier events of the call included) is stale: '' in its place, and its idempotency key
-# answers '' from then on. Versions are decimal strings compared by length, then digits.
-_PUBLISH = (
-    _ENSURE_FLOOR
-    + """
-local ids = {}
-local fresh = 0
-for i = 4, #ARGV, 6 do
-  local key = ARGV[i + 3]
-  local id = false
-  if key ~= '' then id = redis.call('GET', ARGV[3] .. key) end
-  if not id then
-    local version_key, version = ARGV[i + 4], ARGV[i + 5]
-    local stale = false
-    if version_key ~= '' then
-      local last = redis.call('GET', ARGV[3] .. version_key)
-      if last and (#version < #last or (#version == #last and version <= last)) then
-        stale = true
-      else
-        redis.call('SET', ARGV[3] .. version_key, version, 'EX', ARGV[2])
-      end
-    end
-    if stale then
-      id = ''
-    else
-      id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
-                      'type', ARGV[i], 'data', ARGV[i + 1], 'rooms', ARGV[i + 2])
-      fresh = fresh + 1
-    end
-    if key ~= '' then redis.call('SET', ARGV[3] .. key, id, 'EX', ARGV[2]) end
-  end
-  ids[#ids + 1] = id
-end
-redis.call('INCRBY', KEYS[3], fresh)
-return ids
-"""
-)
-
-_COMMAND = (
-    _ENSURE_FLOOR
-    + """
-redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'cmd', ARGV[2])
-redis.call('INCRBY', KEYS[3], 1)
-"""
-)
-
-
-# The id of the newest event, or the floor when there is none yet.
-_POSITION = (
-    _ENSURE_FLOOR
-    + """
-local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
-if #newest > 0 then return newest[1][1] end
-return redis.call('GET', KEYS[2])
-"""
-)
-
-# KEYS: stream, floor, added, the user's resume points. ARGV: the resume window in ms.
-# The position, then the points saved within the window (older ones are dropped).
-# Whether event id ARGV-style string ``a`` is older than ``b`` (ids are "ms-seq").
-_OLDER = """
-local function older(a, b)
-  local am, aseq = string.match(a, '^(%d+)-(%d+)$')
-  local bm, bseq = string.match(b, '^(%d+)-(%d+)$')
-  if not am or not bm then return false end
-  if tonumber(am) ~= tonumber(bm) then return tonumber(am) < tonumber(bm) end
-  return tonumber(aseq) < tonumber(bseq)
-end
-"""
-
-# KEYS: stream, floor, added, the user's resume points, the user's leases. ARGV: the resume window
-# in ms, this process's lease field. The position, then the points saved within the window (older
-# ones are dropped) and the leases of other processes (a process that was killed saved nothing).
-_START_POSITION = (
-    _ENSURE_FLOOR
-    + """
-local position = redis.call('GET', KEYS[2])
-local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
-if #newest > 0 then position = newest[1][1] end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - tonumber(ARGV[1]))
-local points = redis.call('ZRANGE', KEYS[4], 0, -1)
-local leases = redis.call('HGETALL', KEYS[5])
-for i = 1, #leases, 2 do
-  if leases[i] ~= ARGV[2] then points[#points + 1] = leases[i + 1] end
-end
-return {position, points}
-"""
-)
-
-# KEYS: resume-point sets (one per user and role). ARGV: the window in ms, then one event id per key.
-_SAVE_RESUME = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-for i = 1, #KEYS do
-  redis.call('ZADD', KEYS[i], now, ARGV[i + 1])
-  redis.call('PEXPIRE', KEYS[i], ARGV[1])
-end
-"""
-
-# KEYS: lease hashes (one per user and role). ARGV: the window in ms, this process's field, '1' to
-# keep an older lease already there, then one event id per key.
-_SAVE_LEASES = (
-    _OLDER
-    + """
-for i = 1, #KEYS do
-  local current = ARGV[3] == '1' and redis.call('HGET', KEYS[i], ARGV[2])
-  if not current or older(ARGV[i + 3], current) then
-    redis.call('HSET', KEYS[i], ARGV[2], ARGV[i + 3])
-  end
-  redis.call('PEXPIRE', KEYS[i], ARGV[1])
-end
-"""
-)
-
-_DROP_LEASES = """
-for i = 1, #KEYS do redis.call('HDEL', KEYS[i], ARGV[1]) end
-"""
-SAVE_CHUNK = 1000  # resume points per script call: Redis is never blocked long by one
-
-_SHA = {
-    script: hashlib.sha1(script.encode()).hexdigest()
-    for script in (_PUBLISH, _COMMAND, _POSITION, _START_POSITION, _SAVE_RESUME, _SAVE_LEASES, _DROP_LEASES)
-}
 HISTORY_PAGE = 1000  # entries per XRANGE when replaying
 
 
@@ -333,12 +201,12 @@ class RedisBackplane(Backplane):
                 str(event.version) if versioned else "",
             ]
         async with self._reachable():
-            ids = await self._eval(_PUBLISH, args)
+            ids = await self._eval(PUBLISH, args)
         return [None if raw in (b"", STALE) else _id(raw) for raw in ids]
 
     async def command(self, command: dict[str, Any]) -> None:
         async with self._reachable():
-            await self._eval(_COMMAND, [self.settings.history.max_events, orjson.dumps(command)])
+            await self._eval(COMMAND, [self.settings.history.max_events, orjson.dumps(command)])
 
     async def _eval(self, script: str, args: list[Any], keys: Sequence[str] | None = None) -> Any:
         """Run a script (on the stream's keys unless told) by its SHA, sending its text only when
@@ -347,7 +215,7 @@ class RedisBackplane(Backplane):
         if keys is None:
             keys = (self.stream, self.floor_key, self.added_key)
         try:
-            return await call("EVALSHA", _SHA[script], len(keys), *keys, *args)
+            return await call("EVALSHA", SHA[script], len(keys), *keys, *args)
         except ResponseError as exc:
             if not str(exc).startswith("NOSCRIPT"):
                 raise
@@ -407,7 +275,7 @@ class RedisBackplane(Backplane):
         return event_id
 
     async def _position(self) -> str:
-        return _id(await self._eval(_POSITION, []))
+        return _id(await self._eval(POSITION, []))
 
     async def position(self) -> str:
         async with self._reachable():
@@ -425,7 +293,7 @@ class RedisBackplane(Backplane):
         )
         async with self._reachable():
             position, points = await self._eval(
-                _START_POSITION, [self.resume_window_ms, self.lease_field], keys
+                START_POSITION, [self.resume_window_ms, self.lease_field], keys
             )
         return _id(position), oldest(points)
 
@@ -448,7 +316,7 @@ class RedisBackplane(Backplane):
                 "1" if only_new else "0",
                 *(p for _, _, p in chunk),
             ]
-            calls.append(self._eval(_SAVE_LEASES, args, keys))
+            calls.append(self._eval(SAVE_LEASES, args, keys))
         async with self._reachable():
             await asyncio.gather(*calls)
 
@@ -456,7 +324,7 @@ class RedisBackplane(Backplane):
         calls = []
         for start in range(0, len(users), SAVE_CHUNK):
             keys = [self._lease_key(user_id, role) for user_id, role in users[start : start + SAVE_CHUNK]]
-            calls.append(self._eval(_DROP_LEASES, [self.lease_field], keys))
+            calls.append(self._eval(DROP_LEASES, [self.lease_field], keys))
         async with self._reachable():
             await asyncio.gather(*calls)
 
@@ -468,7 +336,7 @@ class RedisBackplane(Backplane):
         for start in range(0, len(points), SAVE_CHUNK):
             chunk = points[start : start + SAVE_CHUNK]
             keys = [self._resume_key(user_id, role) for user_id, role, _ in chunk]
-            calls.append(self._eval(_SAVE_RESUME, [self.resume_window_ms, *(p for _, _, p in chunk)], keys))
+            calls.append(self._eval(SAVE_RESUME, [self.resume_window_ms, *(p for _, _, p in chunk)], keys))
         async with self._reachable():
             await asyncio.gather(*calls)
 
