@@ -13,14 +13,22 @@ then times, each ``--runs`` times:
   connections, for the others to resume them if it is killed).
 
 Prints one JSON object (milliseconds, median and worst) and checks that Redis holds N points.
+
+``--end-to-end``: instead, a real server process (``python -m server``, Redis) with N real
+plain-WebSocket clients (raw sockets from this process), then SIGTERM: the time to the process's
+exit, how many clients got their 1012, and how many resume points Redis holds afterwards.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import contextlib
 import json
 import os
+import resource
+import signal
 import statistics
 import sys
 import time
@@ -36,6 +44,7 @@ from server.config import load_settings
 from server.events import Event
 from server.hub import Connection
 from server.node import Node
+from tests.process import ServerProcess
 from tests.redis_server import RedisServer
 
 
@@ -98,11 +107,100 @@ async def run(connections: int, runs: int) -> dict[str, Any]:
         redis.stop()
 
 
+async def _client(port: int, user: str, opened: list[int], closed: list[int]) -> None:
+    """A plain-WebSocket client that reads until the server's close frame; records its code."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write(
+        f"GET /api/ws?userId={user}&role=customer HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    await reader.readuntil(b"\r\n\r\n")
+    opened.append(1)
+    buffer = b""
+    with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+        while True:
+            chunk = await reader.read(65536)
+            if not chunk:
+                break
+            buffer += chunk
+            while len(buffer) >= 2:  # server frames: unmasked, small here
+                length = buffer[1] & 0x7F
+                header = 2 if length < 126 else 4
+                if length == 126:
+                    length = int.from_bytes(buffer[2:4], "big")
+                if len(buffer) < header + length:
+                    break
+                opcode, payload = buffer[0] & 0x0F, buffer[header : header + length]
+                buffer = buffer[header + length :]
+                if opcode == 0x8:
+                    closed.append(int.from_bytes(payload[:2], "big"))
+                    writer.close()
+                    return
+    writer.close()
+
+
+async def end_to_end(connections: int) -> dict[str, Any]:
+    redis = RedisServer()
+    redis.start()
+    server = ServerProcess(
+        {
+            "REDIS_URL": redis.url,
+            "AUTH_INSECURE": "1",
+            "ADMIN_API_KEYS": None,
+            "JWT_SECRET": None,
+            "LOG_LEVEL": "warning",
+        }
+    )
+    try:
+        server.start()
+        await asyncio.to_thread(server.wait_healthy)
+        opened: list[int] = []
+        closed: list[int] = []
+        tasks = []
+        started = time.monotonic()
+        for i in range(connections):
+            tasks.append(asyncio.create_task(_client(server.port, f"user-{i}", opened, closed)))
+            if i % 200 == 199:
+                await asyncio.sleep(0.05)
+        while len(opened) < connections and time.monotonic() - started < 120:  # noqa: ASYNC110
+            await asyncio.sleep(0.1)
+        connect_seconds = time.monotonic() - started
+        await asyncio.sleep(2)  # connected frames out; the connect-time leases written
+        signalled = time.monotonic()
+        server.signal(signal.SIGTERM)
+        code = await server.wait_exit(within=30)
+        exit_seconds = time.monotonic() - signalled
+        await asyncio.gather(*tasks, return_exceptions=True)
+        import redis as redis_py
+
+        client = redis_py.Redis.from_url(redis.url)
+        keys = sum(1 for _ in client.scan_iter(match="rt:resume:*", count=10_000))
+        client.close()
+        return {
+            "connections": len(opened),
+            "connect_s": round(connect_seconds, 2),
+            "sigterm_to_exit_s": round(exit_seconds, 2),
+            "exit_code": code,
+            "clients_closed_1012": sum(1 for c in closed if c == 1012),
+            "resume_keys_in_redis": keys,
+        }
+    finally:
+        server.close()
+        redis.stop()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--connections", type=int, default=10_000)
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--end-to-end", action="store_true", help="a real process and real clients")
     args = ap.parse_args()
+    if args.end_to_end:
+        _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        print(json.dumps(asyncio.run(end_to_end(args.connections))))
+        return 0
     print(json.dumps(asyncio.run(run(args.connections, args.runs))))
     return 0
 
