@@ -18,7 +18,6 @@ Writes are batched: everything that happens in one turn of the event loop is one
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Iterable
 
@@ -29,9 +28,10 @@ from server.hub import Connection, Hub
 
 log = logging.getLogger(__name__)
 
-# A connection that ended with one of these is not resumed: the client's own close (1000, 1001),
-# or a close that means "stop" (kicked, bad query, bad token, forbidden).
-STOP_CODES = frozenset({1000, 1001, 4001, 4400, 4401, 4403})
+# A connection that ended with one of these is not resumed: the client's own close (1000, 1001;
+# 1005 is a close frame the client sent without a code, as a browser's ``ws.close()`` does), or a
+# close that means "stop" (kicked, bad query, bad token, forbidden).
+STOP_CODES = frozenset({1000, 1001, 1005, 4001, 4400, 4401, 4403})
 SHUTDOWN_SAVE_SECONDS = 3.0  # of the 10 s shutdown budget
 
 
@@ -117,8 +117,12 @@ class ResumeBook:
             await asyncio.sleep(self.lease_interval)
             points = self.live_points()
             if points:
-                with contextlib.suppress(BackplaneUnavailable):
+                try:
                     await self.backplane.save_leases(points, only_new=False)
+                except BackplaneUnavailable:
+                    pass  # the next round writes them again
+                except Exception:
+                    log.exception("renewing leases failed")
 
     def live_points(self) -> list[ResumePoint]:
         return oldest_per_user(

@@ -337,3 +337,22 @@ async def test_socketio_sessions_resuming_by_last_event_id_each_get_a_pid_of_the
         pids.append(orjson.loads((await raw.receive_str(timeout=3))[2:])["pid"])
         await raw.close()
     assert all(pids) and pids[0] != pids[1], pids  # defect: both were "" (one shared session key)
+
+
+async def test_no_resume_after_a_close_frame_without_a_code(
+    start_server: StartServer, settings_for: Callable[..., Settings]
+) -> None:
+    """A browser's ``ws.close()`` sends a close frame with no code (1005): the client's own close."""
+    from tests.test_websocket_frames import CLOSE, client_frame, raw_connect
+
+    live = await start_server(settings_for(history=WINDOW))
+    raw = await raw_connect(live, f"/api/ws?token={make_token('tab')}")
+    assert (await raw.message())["type"] == "connected"
+    raw.send(client_frame(CLOSE, b""))
+    await hub_empty(live)
+    raw.writer.close()
+    await post_ids(live, order("tab", 0))
+    again, connected = await live.ws_ready(token=make_token("tab"))
+    assert connected["data"]["resumed"] is False
+    await no_message(again)
+    await again.close()
