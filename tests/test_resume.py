@@ -42,7 +42,8 @@ async def post_ids(live: Live, body: Any) -> list[str]:
 
 def drop(ws: aiohttp.ClientWebSocketResponse) -> None:
     """The network goes away: no close frame, the TCP connection is reset."""
-    ws._writer.transport.abort()  # aiohttp's private writer: a test-only way to cut the socket
+    # SEAM: aiohttp's private ``_writer`` (its transport): a test-only way to cut the socket.
+    ws._writer.transport.abort()
 
 
 async def hub_empty(live: Live) -> None:
@@ -202,7 +203,8 @@ async def test_resume_never_replays_another_users_order(
     ws, _ = await live.ws_ready(token=make_token("alice"))
     client = await live.sio({"token": make_token("alice")})
     drop(ws)
-    drop(client.client.eio.ws)  # python-engineio's WebSocket: the network goes, no DISCONNECT
+    # SEAM: python-engineio's client keeps its WebSocket in ``eio.ws``: the network goes, no DISCONNECT.
+    drop(client.client.eio.ws)
     await hub_empty(live)
     sent = await post_ids(live, {"events": [order("bob", 0), order("alice", 1), order("bob", 2)]})
     again, connected = await live.ws_ready(token=make_token("alice"))
@@ -294,7 +296,7 @@ async def test_socketio_client_dropped_by_the_network_is_resumed_with_a_pid_of_i
 ) -> None:
     live = await start_server(settings_for(history=WINDOW))
     first = await live.sio({"token": make_token("roamer")})
-    drop(first.client.eio.ws)
+    drop(first.client.eio.ws)  # SEAM: python-engineio's client's ``eio.ws`` (see above)
     await hub_empty(live)
     sent = await post_ids(live, order("roamer", 0))
     ws = await live.session.ws_connect(f"{live.base}/socket.io/?EIO=4&transport=websocket", autoclose=False)
