@@ -8,12 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from handlers.subscriptions import store_room, store_rooms, viewed_stores
-from server.backplane.base import (
-    Backplane,
-    BackplaneUnavailable,
-    HistoryExpired,
-    NodeReport,
-)
+from server.backplane.base import Backplane, BackplaneUnavailable, HistoryExpired, NodeReport
 from server.config import Settings
 from server.events import Event, EventId, OutgoingEvent, parse_event_id
 from server.hub import CLOSE_KICKED, Connection, Hub
