@@ -80,12 +80,12 @@ class RealtimeServer(socketio.AsyncServer):  # type: ignore[misc]
         socket = self.socket(eio_sid)
         return socket is None or socket.send_message(payload, self.send_buffer_bytes)
 
-    def write_events(self, eio_sid: str, events: Sequence[Event], limit: int | None = -1) -> bool:
-        """Send the events, in one write when on WebSocket; False if the client overflowed the
-        send buffer (``limit``: its bound, ``None`` for none; by default ``send_buffer_bytes``)."""
+    def write_events(self, eio_sid: str, events: Sequence[Event], bounded: bool = True) -> bool:
+        """Send the events, in one write when on WebSocket; False if the client overflowed its
+        send buffer (``bounded``: a replay is not, see ``Connection.send_replay``)."""
         socket = self.socket(eio_sid)
-        bound = self.send_buffer_bytes if limit == -1 else limit
-        return socket is None or socket.send_events(events, bound)
+        limit = self.send_buffer_bytes if bounded else None
+        return socket is None or socket.send_events(events, limit)
 
     async def _send_packet(self, eio_sid: str, pkt: sio_packet.Packet) -> None:
         if pkt.packet_type == sio_packet.CONNECT and isinstance(pkt.data, dict):
@@ -140,7 +140,7 @@ class SocketIOConnection(Connection):
             self.close(CLOSE_SLOW_CONSUMER, "slow consumer")
 
     def send_replay(self, events: Sequence[Event]) -> None:
-        self.server.write_events(self.eio_sid, events, limit=None)
+        self.server.write_events(self.eio_sid, events, bounded=False)
 
     def send_message(self, message: dict[str, Any]) -> None:
         payload = socketio.packet.Packet(
