@@ -177,6 +177,8 @@ class LeanSocket(AsyncSocket):  # type: ignore[misc]
     def schedule_ping(self) -> None:
         """The client answered the ping (or has just connected): schedule the next one."""
         if self.last_ping:  # python-engineio's rule: one ping cycle at a time
+            # SEAM: on long-polling, python-engineio's ``receive()`` calls ``schedule_ping`` for a
+            # PONG (``EngineWebSocket.on_message`` does on WebSocket): that is how the ack is seen.
             if self.ping_mark is not None:
                 self.acked = self.ping_mark  # the PONG came after everything before the PING
             self.last_ping = None
