@@ -143,7 +143,7 @@ async def test_hook_reconnecting_after_a_slow_consumer_close_gets_every_event(
 
 
 async def test_no_resume_after_the_clients_own_close_on_either_transport(live: Live) -> None:
-    live = await _with_window(live)
+    assert live.node.resume_book.window == 120  # the default window (config.yaml says the same)
     ws, _ = await live.ws_ready(token=make_token("leaver"))
     await ws.close()  # 1000: the user left
     await hub_empty(live)
@@ -159,11 +159,6 @@ async def test_no_resume_after_the_clients_own_close_on_either_transport(live: L
     await asyncio.sleep(0.3)
     assert other.events == []
     await other.close()
-
-
-async def _with_window(live: Live) -> Live:
-    assert live.node.resume_book.window == 120  # the default (config.yaml says the same)
-    return live
 
 
 async def test_a_user_disconnected_by_the_admin_api_is_not_resumed(live: Live) -> None:
