@@ -16,9 +16,10 @@ from marshmallow import ValidationError
 
 from handlers.catalogue import AudienceError, Catalogue
 from handlers.subscriptions import valid_id
+from handlers.versions import NoEntity, version_key
 from server.backplane.base import BackplaneUnavailable
 from server.config import Settings
-from server.events import OutgoingEvent
+from server.events import OutgoingEvent, idempotency_key
 from server.fastcheck import compile_check
 from server.limits import KeyedRateLimit, retry_after
 from server.node import Node
@@ -179,7 +180,11 @@ class AdminApi:
             error = ApiError(503, "unavailable", f"events cannot be accepted now: {exc}; {outcome}")
             error.headers["Retry-After"] = str(exc.retry_after)
             raise error from None
-        return json_response({"accepted": len(ids), "ids": ids}, status=202)
+        answer: dict[str, Any] = {"accepted": sum(1 for i in ids if i is not None), "ids": ids}
+        stale = [index for index, event_id in enumerate(ids) if event_id is None]
+        if stale:
+            answer["stale"] = stale
+        return json_response(answer, status=202)
 
     async def _read_json(self, request: web.Request) -> Any:
         if request.content_type != "application/json":
@@ -202,7 +207,7 @@ class AdminApi:
         problems: list[dict[str, Any]] = []
         for index, item in enumerate(items):
             try:
-                events.append(self._validate_one(item, index, header_key, len(items)))
+                events.append(self._validate_one(item, index, header_key))
             except ValidationError as exc:
                 problems.append({"index": index, "fields": _flatten(exc.messages)})
         if problems:
@@ -216,7 +221,7 @@ class AdminApi:
             )
         return events
 
-    def _validate_one(self, item: Any, index: int, header_key: str | None, count: int) -> OutgoingEvent:
+    def _validate_one(self, item: Any, index: int, header_key: str | None) -> OutgoingEvent:
         if not isinstance(item, dict):
             raise ValidationError("each event must be an object")
         envelope = item if self.event_check(item) else self.event_schema.load(item)
@@ -237,10 +242,24 @@ class AdminApi:
             rooms = event_type.audience(data, to)
         except AudienceError as exc:
             raise ValidationError({"to": [str(exc)]}) from None
-        key = envelope.get("idempotencyKey")
-        if key is None and header_key is not None:
-            key = header_key if count == 1 else f"{header_key}#{index}"
-        return OutgoingEvent(event_type.name, orjson.dumps(data), rooms, key)
+        try:
+            data_json = orjson.dumps(data)
+        except orjson.JSONEncodeError:  # orjson stops at 255 levels; loads accepts 1,024
+            raise ValidationError({"data": ["nested too deep to encode"]}) from None
+        limit = self.settings.admin.max_event_bytes
+        if len(data_json) > limit:
+            raise ValidationError(
+                {"data": [f"{len(data_json)} bytes encoded, over admin.max_event_bytes ({limit})"]}
+            )
+        version = envelope.get("version")
+        versioned = None
+        if version is not None:
+            try:
+                versioned = version_key(event_type.name, data)
+            except NoEntity as exc:
+                raise ValidationError({exc.field: [str(exc)]}) from None
+        key = idempotency_key(envelope.get("idempotencyKey"), header_key, index)
+        return OutgoingEvent(event_type.name, data_json, rooms, key, version, versioned)
 
     # --- operators ------------------------------------------------------------------------
 

@@ -87,6 +87,7 @@ class AdminSettings:
     idempotency_ttl_seconds: int = 24 * 3600
     requests_per_second: float = 1000.0
     requests_burst: int = 2000
+    max_event_bytes: int = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,7 @@ class WebSocketSettings:
 class HistorySettings:
     max_events: int = 10_000
     max_age_seconds: int = 600
+    resume_window_seconds: int = 120
 
 
 @dataclass(frozen=True)
@@ -194,6 +196,7 @@ class _AdminSchema(_Section):
     idempotency_ttl_seconds = fields.Integer(validate=_positive)
     requests_per_second = fields.Float(validate=_positive)
     requests_burst = fields.Integer(validate=_positive)
+    max_event_bytes = fields.Integer(validate=_positive)
 
     @post_load
     def make(self, data: dict[str, Any], **_: Any) -> AdminSettings:
@@ -221,6 +224,7 @@ class _WebSocketSchema(_Section):
 class _HistorySchema(_Section):
     max_events = fields.Integer(validate=validate.Range(min=0))
     max_age_seconds = fields.Integer(validate=validate.Range(min=0))
+    resume_window_seconds = fields.Integer(validate=validate.Range(min=0))
 
     @post_load
     def make(self, data: dict[str, Any], **_: Any) -> HistorySettings:

@@ -98,12 +98,12 @@ class Metrics:
 
     def accepted(self, events: Sequence[OutgoingEvent], ids: Sequence[str | None]) -> None:
         """A publish went through: count it by type (a stale event's id is ``None``)."""
-        for event_type, count in Tally(event.type for event in events).items():
-            self.events_accepted.labels(event_type).inc(count)
-        if None in ids:
-            for event, event_id in zip(events, ids, strict=True):
-                if event_id is None:
-                    self.events_stale.labels(event.type).inc()
+        if None not in ids:
+            for event_type, count in Tally(event.type for event in events).items():
+                self.events_accepted.labels(event_type).inc(count)
+            return
+        for event, event_id in zip(events, ids, strict=True):
+            (self.events_stale if event_id is None else self.events_accepted).labels(event.type).inc()
 
     def delivered(self, events: Sequence[Event]) -> None:
         """``events`` were just written to this process's sockets: once per event, not per client."""

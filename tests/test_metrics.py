@@ -5,7 +5,6 @@ from __future__ import annotations
 from prometheus_client.parser import text_string_to_metric_families
 
 from server.config import Settings
-from server.events import OutgoingEvent
 from tests.clients import Live, make_token, recv, recv_close
 from tests.conftest import StartServer, make_settings
 from tests.redis_server import RedisServer
@@ -93,16 +92,19 @@ async def test_events_accepted_are_counted_by_type(live: Live) -> None:
         assert await delta.of("realtime_events_accepted_total", type="order_updated") == 1
 
 
-async def test_stale_events_counter_is_exposed_and_counts_by_type(live: Live) -> None:
-    """No event is stale until the server learns ``version`` (another branch); what counts a stale
-    one is here: an id of ``None`` from the backplane."""
+async def test_stale_events_are_counted_by_type_and_not_as_accepted(live: Live) -> None:
     text = await (await live.session.get(f"{live.base}/metrics")).text()
     assert "# TYPE realtime_events_stale_dropped_total counter" in text
+
+    def versioned(version: int) -> dict[str, object]:
+        data = {"orderId": "o-stale", "order": {"userId": "u1"}}
+        return {"type": "order_updated", "data": data, "version": version}
+
     async with Delta(live) as delta:
-        events = [OutgoingEvent("order_updated", b"{}", ("user:u1",)) for _ in range(3)]
-        live.node.metrics.accepted(events, ["1-0", None, None])
+        status, answer = await live.post({"events": [versioned(2), versioned(1), versioned(2)]})
+        assert status == 202 and answer["stale"] == [1, 2], answer
         assert await delta.of("realtime_events_stale_dropped_total", type="order_updated") == 2
-        assert await delta.of("realtime_events_accepted_total", type="order_updated") == 3
+        assert await delta.of("realtime_events_accepted_total", type="order_updated") == 1
 
 
 async def test_deliveries_count_every_client_and_latency_is_observed_once_per_event(live: Live) -> None:
