@@ -111,7 +111,12 @@ class RealtimeServer(socketio.AsyncServer):  # type: ignore[misc]
         if socket.ws is not None and socket.upgraded:
             socket.ws.close(code, reason)
         else:
-            spawn(socket.close(wait=False, abort=False))
+            # Long-polling: end the session without an Engine.IO CLOSE packet (abort=True). Python's
+            # engineio client takes CLOSE as a server disconnect and never reconnects; here the
+            # waiting poll gets a NOOP (``on_disconnect``), the next request a 400 for the unknown
+            # session, or no answer once the process is gone: a transport error, which every client
+            # retries, as it retries the WebSocket's close frame.
+            spawn(socket.close(wait=False, abort=True))
 
 
 class SocketIOConnection(Connection):
