@@ -2,6 +2,7 @@
 
 - identified by the platform's session cookie through AUTH_SESSION_URL, no token, no insecure
   mode (contract §3, §8): needs the identity branch (issue 13);
+- the example core's in-band token refresh (contract §4, §8): needs the identity branch;
 - after a server restart, reconnecting without any id and still getting what it missed
   (server-side resume, contract §7 last paragraph): needs the resume branch (issue 14).
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,7 @@ from tests.browser_support import (
     screenshot,
     wait_until,
 )
-from tests.clients import Live
+from tests.clients import Live, make_token
 from tests.conftest import StartServer, make_settings
 from tests.process import ServerProcess
 from tests.redis_server import RedisServer, free_port
@@ -97,14 +99,24 @@ def ws_base(http_base: str) -> str:
     return http_base.replace("http://", "ws://", 1)
 
 
-async def test_seed_hook_is_identified_by_the_platform_session_cookie(
-    start_server: StartServer, page_server: PageServer, browser: Any
+async def start(page: Any, client: str, base: str, user: str) -> None:
+    """The seed hook, or the example core on the seed's URL with no token."""
+    if client == "seed":
+        await page.evaluate("([url, user]) => startSeed(url, user)", [ws_base(base), user])
+    else:
+        url = f"{ws_base(base)}/api/ws?userId={user}&role=customer"
+        await page.evaluate("(url) => startExample(url, null)", url)
+
+
+@pytest.mark.parametrize("client", ["seed", "example"])
+async def test_hook_is_identified_by_the_platform_session_cookie(
+    client: str, start_server: StartServer, page_server: PageServer, browser: Any
 ) -> None:
     async with SessionService() as sessions:
         env = {"AUTH_SESSION_URL": sessions.url, "CORS_ALLOWED_ORIGINS": page_server.origin()}
         live: Live = await start_server(make_settings(env=env))
         page = await open_page(browser, f"{page_server.origin()}/login")  # sets the cookie, then the page
-        await page.evaluate("([url, user]) => startSeed(url, user)", [ws_base(live.base), "u-cookie"])
+        await start(page, client, live.base, "u-cookie")
         connected = await wait_until(page, "T.received[0]")
         assert connected["type"] == "connected" and connected["data"]["userId"] == "u-cookie", connected
         assert f"{COOKIE}=sess-7f3a" in (sessions.cookies_seen[-1] or ""), sessions.cookies_seen
@@ -114,12 +126,12 @@ async def test_seed_hook_is_identified_by_the_platform_session_cookie(
         assert status == 202, answer
         received = await wait_until(page, f"{EVENTS_ONLY}.length === 1 && {EVENTS_ONLY}")
         assert received == [{"type": "order_updated", "data": order, "id": answer["ids"][0]}]
-        await screenshot(page, "seed-hook-session-cookie")
+        await screenshot(page, f"{client}-hook-session-cookie")
 
         # Without the cookie (signed out) the session service answers 401: the server closes 4401.
         await browser.clear_cookies()
         page = await open_page(browser, page_server.origin())
-        await page.evaluate("([url, user]) => startSeed(url, user)", [ws_base(live.base), "u-cookie"])
+        await start(page, client, live.base, "u-cookie")
         assert await wait_until(page, "T.closes.length && T.closes[0]") == 4401
         assert not [m for m in await page.evaluate("T.received") if m["type"] == "connected"]
 
@@ -164,3 +176,22 @@ async def test_seed_hook_gets_what_it_missed_across_a_restart_without_sending_an
         for server in (first, publisher, second):
             if server is not None:
                 server.close()
+
+
+async def test_example_core_refreshes_its_token_in_band_before_exp(
+    start_server: StartServer, page_server: PageServer, browser: Any
+) -> None:
+    """A 4-second token: the core sends ``refresh`` at half its life and outlives its ``exp``."""
+    live: Live = await start_server(make_settings(env={"CORS_ALLOWED_ORIGINS": page_server.origin()}))
+    short_exp, fresh_exp = int(time.time()) + 4, int(time.time()) + 3600
+    tokens = [make_token("u-refresh", exp=short_exp), make_token("u-refresh", exp=fresh_exp)]
+    page = await open_page(browser, page_server.origin())
+    url = f"{ws_base(live.base)}/api/ws"
+    await page.evaluate("([url, tokens]) => startExample(url, tokens)", [url, tokens])
+    refreshed = await wait_until(page, "T.received.find(m => m.type === 'refreshed')", timeout=10)
+    assert refreshed["data"] == {"exp": fresh_exp}, refreshed
+    await asyncio.sleep(max(0.0, short_exp + 1.5 - time.time()))  # past the first token's exp
+    status, answer = await live.post({"type": "store_updated", "data": {"storeId": "s1", "store": {}}})
+    assert status == 202, answer
+    await wait_until(page, f"{EVENTS_ONLY}.length === 1")
+    assert await page.evaluate("T.closes") == []

@@ -61,12 +61,19 @@ window.startSeed = (wsUrl, userId) => {
 };
 
 // The example hooks' core (examples/src, bundled by esbuild), wired as useRealtimeUpdates wires it.
+// `token`: none, one, or a list handed out one per getToken() call (the last one repeats).
 window.startExample = (url, token) => {
   named("examples RealtimeConnection");
   const { RealtimeConnection, applyRealtimeMessage } = window.RealtimeExamples;
+  const tokens = token ? [].concat(token) : [];
+  T.tokensHandedOut = 0;
+  const getToken = () => {
+    T.tokensHandedOut++;
+    return tokens.length > 1 ? tokens.shift() : tokens[0];
+  };
   const connection = new RealtimeConnection({
     url,
-    ...(token ? { getToken: () => token } : {}),
+    ...(tokens.length ? { getToken } : {}),
     onMessage: (message) => {
       applyRealtimeMessage(
         message,
