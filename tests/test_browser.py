@@ -53,6 +53,7 @@ SEED_INVALIDATIONS = [
     ["products", "s1"],
 ]
 EVENTS_ONLY = "T.received.filter(m => m.id)"
+WRONG_SECRET = "not-the-server-secret-but-long-enough"
 
 
 @pytest.fixture(scope="session")
@@ -140,7 +141,7 @@ async def test_example_core_does_not_retry_a_refused_token(
     page = await browser.new_page()
     await page.clock.install()
     await page.goto(page_server.origin())
-    bad = make_token(USER, secret="not-the-server-secret-but-long-enough")
+    bad = make_token(USER, secret=WRONG_SECRET)
     await page.evaluate("([url, token]) => startExample(url, token)", [f"{ws_base(live.base)}/api/ws", bad])
     await wait_until(page, "T.status === 'stopped'")
     await page.clock.run_for(120_000)  # a retry, had one been scheduled, would have run by now
@@ -262,3 +263,33 @@ async def test_cors_an_allowed_origin_connects_on_both_transports_and_another_or
     assert refused["websocket"] == {"code": 4403, "frames": []}, refused
     assert refused["socketio-polling"] == {"connects": [], "errors": ["forbidden"]}, refused
     assert refused["socketio-websocket"] == {"connects": [], "errors": ["forbidden"]}, refused
+
+
+async def test_example_socketio_core_receives_every_type_and_stops_on_a_refused_token(
+    start_server: StartServer, page_server: PageServer, browser: Any
+) -> None:
+    live: Live = await start_server(make_settings(env={"CORS_ALLOWED_ORIGINS": page_server.origin()}))
+    page = await open_page(browser, page_server.origin())
+    options = {"token": make_token(USER), "transports": ["websocket"]}
+    await page.evaluate("([url, options]) => startExampleSocketIO(url, options)", [live.base, options])
+    await wait_until(page, "T.connected")
+    assert await page.evaluate("T.client.subscribe('s1')") == {"ok": True, "room": "store:s1"}
+    status, answer = await live.post({"events": EVERY_TYPE})
+    assert status == 202, answer
+    received = await wait_until(page, "T.received.length >= 5 && T.received")
+    assert received == [
+        {**event, "id": event_id} for event, event_id in zip(EVERY_TYPE, answer["ids"], strict=True)
+    ]
+    assert await page.evaluate("T.invalidations") == SEED_INVALIDATIONS
+    await screenshot(page, "example-socketio-every-event-type")
+
+    bad = make_token(USER, secret=WRONG_SECRET)
+    refused = await browser.new_page()
+    await refused.clock.install()
+    await refused.goto(page_server.origin())
+    options = {"token": bad, "transports": ["websocket"]}
+    await refused.evaluate("([url, options]) => startExampleSocketIO(url, options)", [live.base, options])
+    assert await wait_until(refused, "T.stopped") == "unauthorized"
+    await refused.clock.run_for(120_000)  # a retry, had one been scheduled, would have run by now
+    await asyncio.sleep(0.3)
+    assert await refused.evaluate("T.statuses") == ["connecting", "stopped"]

@@ -2,3 +2,4 @@
 // global `RealtimeExamples`): the hooks' framework-free core, exactly as the hooks use it.
 export { RealtimeConnection, reconnectDelay, RETRY_CLOSE_CODES, SEED_RECONNECT, tokenExpiry } from "./realtime-connection";
 export { applyRealtimeMessage, invalidationsFor } from "./realtime-updates";
+export { createRealtimeSocket } from "./realtime-socketio";

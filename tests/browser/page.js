@@ -128,3 +128,34 @@ window.probeWebSocket = (url) =>
     };
     ws.onclose = (event) => resolve({ code: event.code, frames });
   });
+
+// The socket.io variant's core (examples/src/realtime-socketio.ts, bundled with socket.io-client).
+window.startExampleSocketIO = (url, { token, transports }) => {
+  named("examples createRealtimeSocket");
+  const { createRealtimeSocket, applyRealtimeMessage } = window.RealtimeExamples;
+  T.statuses = [];
+  const realtime = createRealtimeSocket({
+    url,
+    transports,
+    getToken: () => token,
+    onMessage: (message) => {
+      applyRealtimeMessage(
+        message,
+        (queryKey) => queryClient.invalidateQueries({ queryKey }),
+        () => queryClient.invalidateQueries(),
+      );
+      record(message);
+    },
+    onResync: (reason) => T.errors.push(`resync: ${reason}`),
+    onStatus: (status) => {
+      T.statuses.push(status);
+      setConnected(status === "open");
+    },
+    onStopped: (reason) => {
+      T.stopped = reason;
+      show("closes", `stopped: ${reason}`);
+    },
+  });
+  realtime.connect();
+  T.client = realtime;
+};
