@@ -83,6 +83,7 @@ class PageServer:
     """The test page's own origin: ``http://127.0.0.1:PORT`` (or ``http://localhost:PORT``)."""
 
     def __init__(self, bundle: Path, extra: dict[str, Handler] | None = None) -> None:
+        require_node()  # socket.io-client's browser bundle comes from tests/node's packages
         self.port = free_port()
         self.files = {
             "/seed-hook.js": PAGE_DIR / "seed-hook.js",
