@@ -40,7 +40,7 @@ CHROMIUM_ARGS = [
 
 
 def require_browser() -> None:
-    """Chromium and Playwright; in CI (REQUIRE_BROWSER=1) their absence is a failure, not a skip."""
+    """Chromium and Playwright; in CI (REQUIRE_CHROMIUM=1) their absence is a failure, not a skip."""
     missing = []
     if not os.path.exists(CHROMIUM):
         missing.append(CHROMIUM)
@@ -49,8 +49,8 @@ def require_browser() -> None:
     except ImportError:
         missing.append("the playwright package")
     if missing:
-        if os.environ.get("REQUIRE_BROWSER") == "1":
-            pytest.fail(f"missing {', '.join(missing)} (REQUIRE_BROWSER=1)")
+        if os.environ.get("REQUIRE_CHROMIUM") == "1":
+            pytest.fail(f"missing {', '.join(missing)} (REQUIRE_CHROMIUM=1)")
         pytest.skip(f"missing {', '.join(missing)}")
 
 
