@@ -293,3 +293,32 @@ async def test_example_socketio_core_receives_every_type_and_stops_on_a_refused_
     await refused.clock.run_for(120_000)  # a retry, had one been scheduled, would have run by now
     await asyncio.sleep(0.3)
     assert await refused.evaluate("T.statuses") == ["connecting", "stopped"]
+
+
+async def test_example_core_spreads_10000_tabs_reconnects_over_the_backoff_window(
+    page_server: PageServer, browser: Any
+) -> None:
+    """The compiled core's delays: under the seed's 3 s * 2^n (at most 30 s), uniform below it."""
+    page = await open_page(browser, page_server.origin())
+    spread = await page.evaluate(
+        """() => {
+            const { reconnectDelay, SEED_RECONNECT, RETRY_CLOSE_CODES } = RealtimeExamples;
+            const perSecond = [0, 0, 0];
+            let over = 0;
+            for (let tab = 0; tab < 10000; tab++) {
+                const delay = reconnectDelay(0, SEED_RECONNECT);
+                if (delay >= 3000 || delay < 0) over++;
+                else perSecond[Math.floor(delay / 1000)]++;
+            }
+            const worst = (attempt) =>
+                Math.max(...Array.from({ length: 2000 }, () => reconnectDelay(attempt, SEED_RECONNECT)));
+            const bounds = [0, 1, 2, 3, 4, 5].map(worst);
+            return { perSecond, over, bounds, retry: [...RETRY_CLOSE_CODES].sort() };
+        }"""
+    )
+    assert spread["over"] == 0
+    # Uniform over the first 3 s: about a third each second, never all of them at once.
+    assert all(2800 < count < 3900 for count in spread["perSecond"]), spread
+    upper = [3000, 6000, 12000, 24000, 30000, 30000]
+    assert all(b < u and b > u * 0.9 for b, u in zip(spread["bounds"], upper, strict=True)), spread
+    assert spread["retry"] == [1006, 1008, 1012, 1013]
