@@ -65,6 +65,13 @@ class RealtimeEngine(engineio.AsyncServer):  # type: ignore[misc]
         if "j" in request.query:
             # JSONP answers are scripts any site may load with the visitor's cookies: never served.
             return web.json_response({"code": 3, "message": "JSONP polling is not served"}, status=400)
+        origin = request.headers.get("Origin")
+        environ = {"HTTP_HOST": request.host, "HTTP_UPGRADE": request.headers.get("Upgrade", "")}
+        if origin and not self.cors_allowed_origins(origin, environ):
+            # Refused here, as Node's allowRequest does (403), with one info line: python-engineio
+            # would log an ERROR per new origin, which any page can vary at will.
+            log.info("engine.io request refused", extra={"reason": "origin not allowed", "origin": origin})
+            return web.json_response({"code": 4, "message": "Forbidden"}, status=403)
         response: web.StreamResponse = await super().handle_request(request)
         return response
 
@@ -176,7 +183,12 @@ class RealtimeServer(socketio.AsyncServer):  # type: ignore[misc]
         if socket.ws is not None and socket.upgraded:
             socket.ws.close(code, reason)
         else:
-            spawn(socket.close(wait=False, abort=False))
+            # Long-polling: end the session without an Engine.IO CLOSE packet (abort=True). Python's
+            # engineio client takes CLOSE as a server disconnect and never reconnects; here the
+            # waiting poll gets a NOOP (``on_disconnect``), the next request a 400 for the unknown
+            # session, or no answer once the process is gone: a transport error, which every client
+            # retries, as it retries the WebSocket's close frame.
+            spawn(socket.close(wait=False, abort=True))
 
 
 class SocketIOConnection(Connection):
