@@ -29,7 +29,13 @@ from server.auth import Authenticator, AuthError, Credentials, Identity
 from server.background import FixedDelay, spawn
 from server.config import Settings
 from server.events import Event
-from server.hub import CLOSE_KICKED, CLOSE_RATE_LIMITED, CLOSE_SLOW_CONSUMER, Connection
+from server.hub import (
+    CLOSE_KICKED,
+    CLOSE_RATE_LIMITED,
+    CLOSE_SLOW_CONSUMER,
+    CLOSE_TOO_MANY_FOR_USER,
+    Connection,
+)
 from server.identity.errors import CLOSE_CODES
 from server.node import Node, Resume
 from server.sio_manager import HubManager
@@ -48,7 +54,12 @@ CLIENT_PACKETS = (sio_packet.CONNECT, sio_packet.DISCONNECT, sio_packet.EVENT, s
 KEPT_ENVIRON = ("HTTP_ORIGIN", "HTTP_HOST", "QUERY_STRING", "HTTP_AUTHORIZATION", "HTTP_COOKIE")
 # Closes meant to be final, which socket.io-client must not retry by itself (it stops on
 # ``io server disconnect``): kicked by the admin API, token expired or session ended, refresh refused.
-FINAL_CLOSES = frozenset({CLOSE_KICKED, CLOSE_CODES["unauthorized"], CLOSE_CODES["forbidden"]})
+# Closes that socket.io-client must not answer by reconnecting (a DISCONNECT packet is sent):
+# a kick, a credential that is no longer good, and the per-user cap (a reconnect would only
+# close the next oldest tab, round and round).
+FINAL_CLOSES = frozenset(
+    {CLOSE_KICKED, CLOSE_CODES["unauthorized"], CLOSE_CODES["forbidden"], CLOSE_TOO_MANY_FOR_USER}
+)
 
 
 class RealtimeEngine(engineio.AsyncServer):  # type: ignore[misc]
@@ -322,6 +333,7 @@ class SocketIOEndpoint:
     ) -> tuple[Identity, list[str], str | None, str, bool]:
         """Identity, rooms, the id to resume after, the session's pid, and whether the client sent
         any position at all (``lastEventId``, ``pid`` or ``offset``)."""
+        self.node.check_capacity()
         if auth is None:
             auth = {}
         if not isinstance(auth, dict):
