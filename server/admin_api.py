@@ -214,7 +214,11 @@ class AdminApi:
         key = envelope.get("idempotencyKey")
         if key is None and header_key is not None:
             key = header_key if count == 1 else f"{header_key}#{index}"
-        return OutgoingEvent(event_type.name, orjson.dumps(data), rooms, key)
+        try:
+            encoded = orjson.dumps(data)
+        except orjson.JSONEncodeError:  # nested deeper than orjson encodes (254 levels): was a 500
+            raise ValidationError({"data": ["nested too deep to encode"]}) from None
+        return OutgoingEvent(event_type.name, encoded, rooms, key)
 
     # --- operators ------------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from engineio import packet as eio_packet
 from engineio.async_socket import AsyncSocket
-from engineio.exceptions import QueueEmpty
+from engineio.exceptions import EngineIOError, QueueEmpty
 from engineio.payload import Payload
 
 from server.background import FixedDelay, spawn
@@ -174,6 +174,24 @@ class LeanSocket(AsyncSocket):  # type: ignore[misc]
             packets.append(pkt)
         return packets
 
+    async def handle_post_request(self, environ: dict[str, Any]) -> None:
+        # SEAM: python-engineio's handler of a long-polling POST. A payload it cannot parse (not
+        # UTF-8, an empty or unknown packet, over 16 packets) raised ValueError or KeyError, which
+        # it logged as an error with a traceback and answered 200. Node's engine.io closes the
+        # session on a parse error: an EngineIOError makes python-engineio do that (400).
+        # Packets behind the client's own CLOSE packet are ignored: python-engineio raised for them
+        # (an unknown packet type) once the session was gone, and then answered 500.
+        try:
+            await super().handle_post_request(environ)
+        except EngineIOError:
+            if not self.closed:
+                raise
+        except (ValueError, LookupError) as exc:
+            if self.closed:
+                return
+            log.info("socket.io polling client closed: malformed payload", extra={"sid": self.sid})
+            raise EngineIOError(str(exc)) from None
+
     def schedule_ping(self) -> None:
         if self.last_ping:  # python-engineio's rule: one ping cycle at a time
             self.last_ping = None
@@ -183,6 +201,10 @@ class LeanSocket(AsyncSocket):  # type: ignore[misc]
         await super().close(wait=False, abort=abort, reason=reason)
         if self.ws is not None:
             self.ws.close(CLOSE_NORMAL)  # after the CLOSE packet, if one was sent
+        elif abort and self._queue is not None:
+            # No CLOSE packet is queued (the client sent its own, or stopped answering): a long-poll
+            # still waiting would hold its request for ping_interval + ping_timeout. Answer it now.
+            self._queue.put_nowait(eio_packet.Packet(eio_packet.NOOP))
         elif wait and self._queue is not None:
             # A polling client gets what is queued (the CLOSE packet) at its next poll. One that
             # never polls again must not hold the socket, nor the request closing it, forever.

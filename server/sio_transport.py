@@ -42,6 +42,12 @@ NAMESPACE = "/"
 BINARY_EVENT, BINARY_ACK = str(sio_packet.BINARY_EVENT), str(sio_packet.BINARY_ACK)
 # What a client may send (protocol v5); binary packets are refused before parsing.
 CLIENT_PACKETS = (sio_packet.CONNECT, sio_packet.DISCONNECT, sio_packet.EVENT, sio_packet.ACK)
+# Event names a client may not send (Node's socket.io-parser refuses them): python-socketio would
+# call our own connect and disconnect handlers with what the client sent. And "*", python-socketio's
+# catch-all, which would call ours with the client's arguments in place of the event name and sid.
+RESERVED_EVENTS = frozenset(
+    {"connect", "connect_error", "disconnect", "disconnecting", "newListener", "removeListener", "*"}
+)
 
 # What python-socketio keeps of a client's handshake request after CONNECT (it keeps the whole
 # environ, aiohttp's request included, for the connection's life); what ``_admit`` reads.
@@ -67,6 +73,12 @@ class RealtimeEngine(engineio.AsyncServer):  # type: ignore[misc]
             return web.json_response({"code": 3, "message": "JSONP polling is not served"}, status=400)
         response: web.StreamResponse = await super().handle_request(request)
         return response
+
+    def _log_error_once(self, message: str, message_key: str) -> None:
+        # SEAM: python-engineio reports a client's bad request (unknown sid, protocol version or
+        # transport) through this method, at ERROR the first time: a client's mistake is no
+        # error of the server's, and must not page anyone. Logged as its repeats are, at INFO.
+        self.logger.info(message)
 
 
 class RealtimeServer(socketio.AsyncServer):  # type: ignore[misc]
@@ -125,6 +137,11 @@ class RealtimeServer(socketio.AsyncServer):  # type: ignore[misc]
 
     async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
         # SEAM: python-socketio's entry point for every Engine.IO message of a client.
+        socket = self.socket(eio_sid)
+        if socket is None or socket.closing or socket.closed:
+            # Sent after the session's end (e.g. behind the client's own CLOSE packet): python-socketio
+            # has forgotten the session, and a CONNECT would raise inside it. Node drops these too.
+            return
         if not isinstance(data, str) or data[:1] in (BINARY_EVENT, BINARY_ACK):
             # No client of this server sends binary, and python-socketio would hold every message
             # after an attachment count (any number) until that many came.
@@ -134,8 +151,12 @@ class RealtimeServer(socketio.AsyncServer):  # type: ignore[misc]
             pkt = self.packet_class(encoded_packet=data)
         except Exception:  # python-socketio's parser raises whatever it meets (ValueError, KeyError...)
             pkt = None
-        if pkt is None or pkt.packet_type not in CLIENT_PACKETS:
+        if pkt is None or pkt.packet_type not in CLIENT_PACKETS or not valid_payload(pkt):
             self._refuse_packet(eio_sid, "malformed Socket.IO packet")
+            return
+        if pkt.packet_type == sio_packet.ACK:
+            # We never emit with a callback, so no ACK is awaited: python-socketio would log a
+            # warning for each one (a log flood at a client's will); Node ignores them silently.
             return
         await super()._handle_eio_message(eio_sid, data)
 
@@ -401,6 +422,27 @@ class SocketIOEndpoint:
         if conn is not None and not conn.allow_message():
             conn.close(CLOSE_RATE_LIMITED, "too many messages")
         return _refusal(f"unknown event {str(event)[:64]!r}")
+
+
+def valid_payload(pkt: sio_packet.Packet) -> bool:
+    """Node's socket.io-parser's rule (``isPayloadValid``) for what a client sends: an EVENT is a
+    list that starts with its name (a string that is not reserved, or a number), an ACK a list.
+
+    python-socketio takes any JSON: ``42`` (no data) and ``42[]`` raised inside it (a traceback
+    per packet), ``42[[1]]`` too, and ``42["disconnect"]`` ran our disconnect handler while the
+    client stayed connected (it left the hub: no more events, shown offline).
+    """
+    data = pkt.data
+    if pkt.packet_type == sio_packet.EVENT:
+        if not isinstance(data, list) or not data:
+            return False
+        name = data[0]
+        if isinstance(name, str):
+            return name not in RESERVED_EVENTS
+        return isinstance(name, int | float) and not isinstance(name, bool)
+    if pkt.packet_type == sio_packet.ACK:
+        return isinstance(data, list)
+    return True
 
 
 def library_logger(name: str) -> logging.Logger:
