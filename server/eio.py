@@ -71,12 +71,15 @@ class LeanSocket(AsyncSocket):  # type: ignore[misc]
     """
 
     ws: EngineWebSocket | None
+    # SEAM: engineio.AsyncSocket.state: connected, upgrading, upgraded, closing, closed, last_ping.
     last_ping: float | None  # python-engineio's: when the unanswered ping was sent
     backlog_packets: int
     backlog_bytes: int
 
     def adopt(self) -> None:
-        self._queue: asyncio.Queue[Any] | None = self.__dict__.pop("queue")
+        self._queue: asyncio.Queue[Any] | None = self.__dict__.pop(
+            "queue"
+        )  # SEAM: engineio.AsyncSocket.queue
         self.ws = None
         self.backlog_packets = 0  # MESSAGEs in the queue, not yet sent (a polling client's backlog)
         self.backlog_bytes = 0
@@ -134,6 +137,7 @@ class LeanSocket(AsyncSocket):  # type: ignore[misc]
         return self.backlog_bytes <= limit and self.backlog_packets <= MAX_QUEUED_PACKETS
 
     async def send(self, pkt: eio_packet.Packet) -> None:
+        # SEAM: engineio.AsyncSocket.send: every packet python-engineio sends to this client.
         if not await self.check_ping_timeout():
             return
         ws = self.direct()
@@ -152,6 +156,7 @@ class LeanSocket(AsyncSocket):  # type: ignore[misc]
         python-engineio's own client refuses a long-polling payload of more packets than that (16)
         and drops the connection; the rest stay queued for the next poll.
         """
+        # SEAM: engineio.AsyncSocket.poll
         try:
             first = await asyncio.wait_for(
                 self.queue.get(), self.server.ping_interval + self.server.ping_timeout
@@ -175,10 +180,11 @@ class LeanSocket(AsyncSocket):  # type: ignore[misc]
         return packets
 
     async def handle_post_request(self, environ: dict[str, Any]) -> None:
-        # SEAM: python-engineio's handler of a long-polling POST. A payload it cannot parse (not
-        # UTF-8, an empty or unknown packet, over 16 packets) raised ValueError or KeyError, which
-        # it logged as an error with a traceback and answered 200. Node's engine.io closes the
-        # session on a parse error: an EngineIOError makes python-engineio do that (400).
+        # SEAM: engineio.AsyncSocket.handle_post_request: python-engineio's handler of a polling
+        # POST. A payload it cannot parse (not UTF-8, an empty or unknown packet, over 16 packets)
+        # raised ValueError or KeyError, which it logged with a traceback and answered 200. Node's
+        # engine.io closes the session on a parse error: an EngineIOError makes python-engineio do
+        # that (400).
         # Packets behind the client's own CLOSE packet are ignored: python-engineio raised for them
         # (an unknown packet type) once the session was gone, and then answered 500.
         try:
@@ -193,11 +199,13 @@ class LeanSocket(AsyncSocket):  # type: ignore[misc]
             raise EngineIOError(str(exc)) from None
 
     def schedule_ping(self) -> None:
+        # SEAM: engineio.AsyncSocket.schedule_ping: called by python-engineio on each PONG.
         if self.last_ping:  # python-engineio's rule: one ping cycle at a time
             self.last_ping = None
             self.server.pings.add(self)
 
     async def close(self, wait: bool = True, abort: bool = False, reason: Any = None) -> None:
+        # SEAM: engineio.AsyncSocket.close
         await super().close(wait=False, abort=abort, reason=reason)
         if self.ws is not None:
             self.ws.close(CLOSE_NORMAL)  # after the CLOSE packet, if one was sent
@@ -298,11 +306,12 @@ class WebSocketDriver:
     send_limit = DEFAULT_SEND_LIMIT
 
     def __init__(self, handler: Any, server: Any) -> None:
-        self.socket: LeanSocket = handler.__self__  # the socket's own handler, which we replace
+        # SEAM: engineio.AsyncSocket._websocket_handler: the socket's own handler, which we replace.
+        self.socket: LeanSocket = handler.__self__
         self.server = server
 
     async def __call__(self, environ: dict[str, Any]) -> Any:
-        request = environ["aiohttp.request"]
+        request = environ["aiohttp.request"]  # SEAM: engineio.environ.aiohttp.request
         response, deflate = handshake(request, self.compress)
         socket = self.socket
         ws = EngineWebSocket(socket, self.server.max_http_buffer_size, deflate, self.send_limit)

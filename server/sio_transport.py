@@ -62,12 +62,12 @@ class RealtimeEngine(engineio.AsyncServer):  # type: ignore[misc]
 
     def __init__(self, compress: bool, send_buffer_bytes: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        # SEAM: python-engineio's ``_async`` table names the class that serves a WebSocket request.
+        # SEAM: engineio.AsyncServer._async: its table names the class that serves a WebSocket request.
         self._async: dict[str, Any] = dict(self._async, websocket=eio.driver(compress, send_buffer_bytes))
         self.pings = eio.PingScheduler(self.ping_interval, self.ping_timeout)
 
     async def handle_request(self, request: web.Request) -> web.StreamResponse:
-        # SEAM: python-engineio's entry point for every Engine.IO HTTP request (its aiohttp route).
+        # SEAM: engineio.AsyncServer.handle_request: every Engine.IO HTTP request (its aiohttp route).
         if "j" in request.query:
             # JSONP answers are scripts any site may load with the visitor's cookies: never served.
             return web.json_response({"code": 3, "message": "JSONP polling is not served"}, status=400)
@@ -75,9 +75,9 @@ class RealtimeEngine(engineio.AsyncServer):  # type: ignore[misc]
         return response
 
     def _log_error_once(self, message: str, message_key: str) -> None:
-        # SEAM: python-engineio reports a client's bad request (unknown sid, protocol version or
-        # transport) through this method, at ERROR the first time: a client's mistake is no
-        # error of the server's, and must not page anyone. Logged as its repeats are, at INFO.
+        # SEAM: engineio.AsyncServer._log_error_once: how python-engineio reports a client's bad
+        # request (unknown sid, protocol version or transport), at ERROR the first time: a client's
+        # mistake is no error of the server's, and must not page anyone. Logged as its repeats are.
         self.logger.info(message)
 
 
@@ -94,12 +94,13 @@ class RealtimeServer(socketio.AsyncServer):  # type: ignore[misc]
         self.connect_deadlines: FixedDelay[str] = FixedDelay(connect_timeout, self._connected_in_time)
 
     def _engineio_server_class(self) -> Any:
-        # SEAM: python-socketio builds its Engine.IO server from this method's answer.
+        # SEAM: socketio.AsyncServer._engineio_server_class: its Engine.IO server is built from this.
         return functools.partial(RealtimeEngine, self._compress, self.send_buffer_bytes)
 
     async def _handle_eio_connect(self, eio_sid: str, environ: dict[str, Any]) -> None:
+        # SEAM: socketio.AsyncServer._handle_eio_connect: a new Engine.IO session.
         socket = self.eio.sockets[eio_sid]
-        socket.__class__ = eio.LeanSocket  # made by python-engineio: see LeanSocket
+        socket.__class__ = eio.LeanSocket  # SEAM: engineio.AsyncSocket.__class__ (see LeanSocket)
         socket.adopt()
         self.connect_deadlines.add(eio_sid)
         await super()._handle_eio_connect(eio_sid, {k: environ[k] for k in KEPT_ENVIRON if k in environ})
@@ -136,7 +137,7 @@ class RealtimeServer(socketio.AsyncServer):  # type: ignore[misc]
         return ok
 
     async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
-        # SEAM: python-socketio's entry point for every Engine.IO message of a client.
+        # SEAM: socketio.AsyncServer._handle_eio_message: every Engine.IO message of a client.
         socket = self.socket(eio_sid)
         if socket is None or socket.closing or socket.closed:
             # Sent after the session's end (e.g. behind the client's own CLOSE packet): python-socketio
@@ -169,6 +170,7 @@ class RealtimeServer(socketio.AsyncServer):  # type: ignore[misc]
         self.close_transport(eio_sid, CLOSE_PROTOCOL_ERROR, reason)
 
     async def _send_packet(self, eio_sid: str, pkt: sio_packet.Packet) -> None:
+        # SEAM: socketio.AsyncServer._send_packet: every packet python-socketio sends.
         if pkt.packet_type == sio_packet.CONNECT and isinstance(pkt.data, dict):
             pid = self.pids.get(pkt.data.get("sid", ""))
             if pid is not None:
@@ -180,6 +182,7 @@ class RealtimeServer(socketio.AsyncServer):  # type: ignore[misc]
         self.write(eio_sid, encoded.encode())  # bounded: a client that never reads is closed
 
     async def _handle_connect(self, eio_sid: str, namespace: str | None, data: Any) -> None:
+        # SEAM: socketio.AsyncServer._handle_connect: its CONNECT reply is written when it returns.
         await super()._handle_connect(eio_sid, namespace, data)
         sid = self.manager.sid_from_eio_sid(eio_sid, namespace or NAMESPACE)
         pending = self.pending.pop(sid, None) if sid else None
