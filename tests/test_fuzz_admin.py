@@ -13,7 +13,7 @@ from urllib.parse import quote
 
 import orjson
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from server.config import Settings
@@ -225,6 +225,9 @@ async def test_random_requests_to_the_other_admin_routes_get_the_contracts_answe
 ) -> None:
     if segment == "bystander":
         segment = "someone-else"  # the bystanders must stay connected
+    # A dot segment is resolved by the client (RFC 3986 §5.2.4): "/api/v1/.." is "/api/", no
+    # admin route, whose 404 is aiohttp's own.
+    assume(segment not in (".", ".."))
     path = "/api/v1/" + route.format(quote(segment, safe=""))
     status, answer_headers, answer = await request(
         served.live, method, path, body=body, headers=sent, admin=False
