@@ -64,6 +64,7 @@ async def test_a_socket_io_event_without_a_name_or_with_a_reserved_one_closes_th
         _, opcode, payload = await ws.frame()  # type: ignore[attr-defined]
         if opcode == CLOSE:
             assert close_code_of(payload) == 1002
+            ws.send(client_frame(CLOSE, payload[:2]))  # type: ignore[attr-defined]  # answered, as browsers do
             break
 
     async def gone() -> bool:
