@@ -119,8 +119,8 @@ def engineio_packets(draw: st.DrawFn) -> str:
     return kind + draw(st.sampled_from(["", "probe", "{}", "AAEC", "\x00"]) | st.text(max_size=8))
 
 
-def connect_packet() -> bytes:
-    return b'40{"token":"' + make_token("fuzzer").encode() + b'"}'
+def connect_packet(user: str) -> bytes:
+    return b'40{"token":"' + make_token(user).encode() + b'"}'
 
 
 def sio_server(served: Bystanders) -> Any:
@@ -176,7 +176,7 @@ async def test_random_packets_over_engine_ios_websocket(
         _, _, opened = await ws.frame()
         eio_sid = orjson.loads(opened[1:])["sid"]
         if connect:
-            ws.send(client_frame(TEXT, connect_packet(), mask=mask))
+            ws.send(client_frame(TEXT, connect_packet(served.fresh_user()), mask=mask))
             _, _, connected = await ws.frame()
             assert connected.startswith(b"40{"), connected
         for packet, as_binary in zip(packets, binary, strict=True):
@@ -252,7 +252,7 @@ async def test_random_payloads_over_long_polling(
     assert status == 200, opened
     sid = orjson.loads(opened[1:])["sid"]
     if connect:
-        assert await post(served, sid, connect_packet()) == 200
+        assert await post(served, sid, connect_packet(served.fresh_user())) == 200
         status, text = await poll(served, sid)
         assert status == 200 and text.startswith("40{"), text
     # A long-poll waits meanwhile, as a real client's does (a session closed for a malformed

@@ -259,6 +259,13 @@ class Bystanders:
     sio: SioClient
     baseline_sockets: int
     posted: int = 0
+    users: int = 0
+
+    def fresh_user(self) -> str:
+        """A user never seen before: the server resumes a user's earlier connection (contract §7),
+        which would replay the events posted since, so each fuzzed connection is someone new."""
+        self.users += 1
+        return f"fuzzer{self.users}"
 
     @classmethod
     async def open(cls, live: Live) -> Bystanders:
@@ -388,7 +395,7 @@ async def test_hostile_frames_on_the_plain_websocket_leave_other_clients_untouch
     # Everything is drawn first: a draw may end the example, which must not leave a socket open.
     stream = data.draw(socket_streams("plain"))
     chunks = data.draw(chunked(stream))
-    ws = await raw_connect(served.live, f"/api/ws?token={make_token('fuzzer')}")
+    ws = await raw_connect(served.live, f"/api/ws?token={make_token(served.fresh_user())}")
     assert (await ws.message())["type"] == "connected"
     check_answers(await send_then_hang_up(ws, chunks), "plain")
     await served.still_served()
@@ -406,7 +413,11 @@ async def test_hostile_frames_on_engine_ios_websocket_leave_other_clients_untouc
     _, _, opened = await ws.frame()
     assert opened.startswith(b"0{")
     if connect:
-        ws.send(client_frame(TEXT, b'40{"token":"' + make_token("fuzzer").encode() + b'"}', mask=b"abcd"))
+        ws.send(
+            client_frame(
+                TEXT, b'40{"token":"' + make_token(served.fresh_user()).encode() + b'"}', mask=b"abcd"
+            )
+        )
         _, _, connected = await ws.frame()
         assert connected.startswith(b"40{"), connected
     check_answers(await send_then_hang_up(ws, chunks), "socketio")
