@@ -48,6 +48,12 @@ NAMESPACE = "/"
 BINARY_EVENT, BINARY_ACK = str(sio_packet.BINARY_EVENT), str(sio_packet.BINARY_ACK)
 # What a client may send (protocol v5); binary packets are refused before parsing.
 CLIENT_PACKETS = (sio_packet.CONNECT, sio_packet.DISCONNECT, sio_packet.EVENT, sio_packet.ACK)
+# Event names a client may not send (Node's socket.io-parser refuses them): python-socketio would
+# call our own connect and disconnect handlers with what the client sent. And "*", python-socketio's
+# catch-all, which would call ours with the client's arguments in place of the event name and sid.
+RESERVED_EVENTS = frozenset(
+    {"connect", "connect_error", "disconnect", "disconnecting", "newListener", "removeListener", "*"}
+)
 
 # What python-socketio keeps of a client's handshake request after CONNECT (it keeps the whole
 # environ, aiohttp's request included, for the connection's life); what ``_admit`` reads.
@@ -67,12 +73,12 @@ class RealtimeEngine(engineio.AsyncServer):  # type: ignore[misc]
 
     def __init__(self, compress: bool, send_buffer_bytes: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        # SEAM: python-engineio's ``_async`` table names the class that serves a WebSocket request.
+        # SEAM: engineio.AsyncServer._async: its table names the class that serves a WebSocket request.
         self._async: dict[str, Any] = dict(self._async, websocket=eio.driver(compress, send_buffer_bytes))
         self.pings = eio.PingScheduler(self.ping_interval, self.ping_timeout)
 
     async def handle_request(self, request: web.Request) -> web.StreamResponse:
-        # SEAM: python-engineio's entry point for every Engine.IO HTTP request (its aiohttp route).
+        # SEAM: engineio.AsyncServer.handle_request: every Engine.IO HTTP request (its aiohttp route).
         if "j" in request.query:
             # JSONP answers are scripts any site may load with the visitor's cookies: never served.
             return web.json_response({"code": 3, "message": "JSONP polling is not served"}, status=400)
@@ -85,6 +91,12 @@ class RealtimeEngine(engineio.AsyncServer):  # type: ignore[misc]
             return web.json_response({"code": 4, "message": "Forbidden"}, status=403)
         response: web.StreamResponse = await super().handle_request(request)
         return response
+
+    def _log_error_once(self, message: str, message_key: str) -> None:
+        # SEAM: engineio.AsyncServer._log_error_once: how python-engineio reports a client's bad
+        # request (unknown sid, protocol version or transport), at ERROR the first time: a client's
+        # mistake is no error of the server's, and must not page anyone. Logged as its repeats are.
+        self.logger.info(message)
 
 
 class RealtimeServer(socketio.AsyncServer):  # type: ignore[misc]
@@ -100,12 +112,13 @@ class RealtimeServer(socketio.AsyncServer):  # type: ignore[misc]
         self.connect_deadlines: FixedDelay[str] = FixedDelay(connect_timeout, self._connected_in_time)
 
     def _engineio_server_class(self) -> Any:
-        # SEAM: python-socketio builds its Engine.IO server from this method's answer.
+        # SEAM: socketio.AsyncServer._engineio_server_class: its Engine.IO server is built from this.
         return functools.partial(RealtimeEngine, self._compress, self.send_buffer_bytes)
 
     async def _handle_eio_connect(self, eio_sid: str, environ: dict[str, Any]) -> None:
+        # SEAM: socketio.AsyncServer._handle_eio_connect: a new Engine.IO session.
         socket = self.eio.sockets[eio_sid]
-        socket.__class__ = eio.LeanSocket  # made by python-engineio: see LeanSocket
+        socket.__class__ = eio.LeanSocket  # SEAM: engineio.AsyncSocket.__class__ (see LeanSocket)
         socket.adopt()
         self.connect_deadlines.add(eio_sid)
         await super()._handle_eio_connect(eio_sid, {k: environ[k] for k in KEPT_ENVIRON if k in environ})
@@ -144,7 +157,12 @@ class RealtimeServer(socketio.AsyncServer):  # type: ignore[misc]
         return ok
 
     async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
-        # SEAM: python-socketio's entry point for every Engine.IO message of a client.
+        # SEAM: socketio.AsyncServer._handle_eio_message: every Engine.IO message of a client.
+        socket = self.socket(eio_sid)
+        if socket is None or socket.closing or socket.closed:
+            # Sent after the session's end (e.g. behind the client's own CLOSE packet): python-socketio
+            # has forgotten the session, and a CONNECT would raise inside it. Node drops these too.
+            return
         if not isinstance(data, str) or data[:1] in (BINARY_EVENT, BINARY_ACK):
             # No client of this server sends binary, and python-socketio would hold every message
             # after an attachment count (any number) until that many came.
@@ -154,8 +172,12 @@ class RealtimeServer(socketio.AsyncServer):  # type: ignore[misc]
             pkt = self.packet_class(encoded_packet=data)
         except Exception:  # python-socketio's parser raises whatever it meets (ValueError, KeyError...)
             pkt = None
-        if pkt is None or pkt.packet_type not in CLIENT_PACKETS:
+        if pkt is None or pkt.packet_type not in CLIENT_PACKETS or not valid_payload(pkt):
             self._refuse_packet(eio_sid, "malformed Socket.IO packet")
+            return
+        if pkt.packet_type == sio_packet.ACK:
+            # We never emit with a callback, so no ACK is awaited: python-socketio would log a
+            # warning for each one (a log flood at a client's will); Node ignores them silently.
             return
         await super()._handle_eio_message(eio_sid, data)
 
@@ -168,6 +190,7 @@ class RealtimeServer(socketio.AsyncServer):  # type: ignore[misc]
         self.close_transport(eio_sid, CLOSE_PROTOCOL_ERROR, reason)
 
     async def _send_packet(self, eio_sid: str, pkt: sio_packet.Packet) -> None:
+        # SEAM: socketio.AsyncServer._send_packet: every packet python-socketio sends.
         if pkt.packet_type == sio_packet.CONNECT and isinstance(pkt.data, dict):
             pid = self.pids.get(pkt.data.get("sid", ""))
             if pid is not None:
@@ -179,6 +202,7 @@ class RealtimeServer(socketio.AsyncServer):  # type: ignore[misc]
         self.write(eio_sid, encoded.encode())  # bounded: a client that never reads is closed
 
     async def _handle_connect(self, eio_sid: str, namespace: str | None, data: Any) -> None:
+        # SEAM: socketio.AsyncServer._handle_connect: its CONNECT reply is written when it returns.
         await super()._handle_connect(eio_sid, namespace, data)
         sid = self.manager.sid_from_eio_sid(eio_sid, namespace or NAMESPACE)
         pending = self.pending.pop(sid, None) if sid else None
@@ -466,6 +490,27 @@ class SocketIOEndpoint:
         if conn is not None and not conn.allow_message():
             conn.close(CLOSE_RATE_LIMITED, "too many messages")
         return _refusal(f"unknown event {str(event)[:64]!r}")
+
+
+def valid_payload(pkt: sio_packet.Packet) -> bool:
+    """Node's socket.io-parser's rule (``isPayloadValid``) for what a client sends: an EVENT is a
+    list that starts with its name (a string that is not reserved, or a number), an ACK a list.
+
+    python-socketio takes any JSON: ``42`` (no data) and ``42[]`` raised inside it (a traceback
+    per packet), ``42[[1]]`` too, and ``42["disconnect"]`` ran our disconnect handler while the
+    client stayed connected (it left the hub: no more events, shown offline).
+    """
+    data = pkt.data
+    if pkt.packet_type == sio_packet.EVENT:
+        if not isinstance(data, list) or not data:
+            return False
+        name = data[0]
+        if isinstance(name, str):
+            return name not in RESERVED_EVENTS
+        return isinstance(name, int | float) and not isinstance(name, bool)
+    if pkt.packet_type == sio_packet.ACK:
+        return isinstance(data, list)
+    return True
 
 
 def library_logger(name: str) -> logging.Logger:
