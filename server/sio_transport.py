@@ -426,8 +426,9 @@ class SocketIOEndpoint:
                 conn.eio_socket.connection = None
             self.node.disconnect(conn, str(reason), self._close_code(conn, reason))
             sock = self.server.socket(conn.eio_sid)
-            if sock is not None and not sock.upgraded:
+            if sock is not None and not sock.upgraded and not sock.closing:
                 # Answer a long-poll still waiting, or it (and the client) hangs for ping_timeout.
+                # (A closing session answers it itself: ``LeanSocket.close``.)
                 sock.queue.put_nowait(eio_packet.Packet(eio_packet.NOOP))
 
     def _close_code(self, conn: SocketIOConnection, reason: Any) -> int | None:
