@@ -43,7 +43,7 @@ from server.websocket import (
 
 log = logging.getLogger(__name__)
 
-MAX_QUEUED_PACKETS = 10_000  # while polling: Engine.IO's queue has no bound of its own
+MAX_QUEUED_PACKETS = 10_000  # websocket.max_queued_packets' default: Engine.IO's queue has no bound
 CLOSE_DRAIN_SECONDS = 1.0  # how long a closing polling socket waits for its queue to be polled
 
 
@@ -145,7 +145,7 @@ class LeanSocket(AsyncSocket):  # type: ignore[misc]
         # Bounded in bytes like a WebSocket client's buffer (and in packets: each has a cost of its own).
         if limit is None:
             return True
-        return self.backlog_bytes <= limit and self.backlog_packets <= MAX_QUEUED_PACKETS
+        return self.backlog_bytes <= limit and self.backlog_packets <= self.server.max_queued_packets
 
     async def send(self, pkt: eio_packet.Packet) -> None:
         # SEAM: engineio.AsyncSocket.send: every packet python-engineio sends to this client.
@@ -154,7 +154,7 @@ class LeanSocket(AsyncSocket):  # type: ignore[misc]
         ws = self.direct()
         if ws is not None:
             ws.write_packet(pkt)
-        elif self.queue.qsize() >= MAX_QUEUED_PACKETS:
+        elif self.queue.qsize() >= self.server.max_queued_packets:
             # A polling client that sends (pings, emits) but never polls: its answers pile up.
             log.warning("slow consumer closed", extra={"transport": "socketio", "sid": self.sid})
             await self.close(wait=False, abort=True)

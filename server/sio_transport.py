@@ -76,6 +76,7 @@ class RealtimeEngine(engineio.AsyncServer):  # type: ignore[misc]
         # SEAM: engineio.AsyncServer._async: its table names the class that serves a WebSocket request.
         self._async: dict[str, Any] = dict(self._async, websocket=eio.driver(compress, send_buffer_bytes))
         self.pings = eio.PingScheduler(self.ping_interval, self.ping_timeout)
+        self.max_queued_packets = eio.MAX_QUEUED_PACKETS  # per polling client (websocket.max_queued_packets)
 
     async def handle_request(self, request: web.Request) -> web.StreamResponse:
         # SEAM: engineio.AsyncServer.handle_request: every Engine.IO HTTP request (its aiohttp route).
@@ -304,6 +305,7 @@ class SocketIOEndpoint:
             logger=library_logger("socketio.server"),
             engineio_logger=library_logger("engineio.server"),
         )
+        self.server.eio.max_queued_packets = ws.max_queued_packets
         self.server.on("connect", self.on_connect)
         self.server.on("disconnect", self.on_disconnect)
         self.server.on("subscribe", self.on_subscribe)

@@ -141,3 +141,21 @@ async def test_a_socket_io_client_that_answers_pings_stays(
     assert client.client.connected, client.disconnect_reasons
     assert len(live.node.hub.connections) == 1
     await client.close()
+
+
+async def test_a_polling_client_that_never_polls_is_closed_once_its_queue_is_full(
+    start_server: StartServer, settings_for: Callable[..., Settings]
+) -> None:
+    """Answers (here CONNECT_ERRORs to unknown namespaces) pile up for a client that only POSTs."""
+    live = await start_server(settings_for(websocket={"max_queued_packets": 5}))
+    _, body, _ = await handshake(live)
+    sid = sid_of(body)
+    url = f"{live.base}{POLLING}&sid={sid}"
+    packets = "\x1e".join(f"40/n{i}," for i in range(10))
+    async with live.session.post(url, data=packets) as resp:
+        assert resp.status in (200, 400)
+
+    async def closed() -> bool:
+        return sid not in _sio_sockets(live)
+
+    await eventually(closed, within=5)
