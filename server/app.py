@@ -41,6 +41,10 @@ def create_app(settings: Settings) -> web.Application:
     metrics = Metrics()
     node = Node(settings, make_backplane(settings, metrics), metrics)
     authenticator = Authenticator(settings.auth, settings.cors_allowed_origins)
+    if authenticator.sessions is not None:
+        sessions, metrics = authenticator.sessions, node.metrics
+        sessions.on_lookup = lambda result: metrics.session_lookups.labels(result).inc()
+        sessions.on_cache_hit = metrics.session_cache_hits.inc
     catalogue = Catalogue.from_config(settings.event_types)
     admin = AdminApi(node, catalogue, settings)
 

@@ -313,3 +313,24 @@ def test_the_shipped_config_yaml_states_the_identity_defaults() -> None:
         if setting.name.startswith("session_") or setting.name in ("require_exp", "staff_roles"):
             assert f"  {setting.name}:" in text, setting.name  # listed, with its comment
             assert getattr(shipped, setting.name) == getattr(AuthSettings(), setting.name), setting.name
+
+
+async def test_session_lookups_and_cache_hits_are_counted_in_metrics(
+    start_server: StartServer, settings_for: Callable[..., Settings], session_service: SessionService
+) -> None:
+    from tests.test_metrics import Delta
+
+    live = await start_server(with_sessions(settings_for, session_service))
+    session_service.user("sess-CANARY-m1", "m1")
+    async with Delta(live) as delta:
+        first = await hook(live, "sess-CANARY-m1", "/api/ws")
+        assert (await recv(first))["type"] == "connected"
+        second = await hook(live, "sess-CANARY-m1", "/api/ws")  # the same session: from the cache
+        assert (await recv(second))["type"] == "connected"
+        refused = await hook(live, "sess-CANARY-nobody", "/api/ws")
+        assert await recv_close(refused) == 4401
+        assert await delta.of("realtime_session_lookups_total", result="ok") == 1
+        assert await delta.of("realtime_session_lookups_total", result="unauthorized") == 1
+        assert await delta.of("realtime_session_cache_hits_total") == 1
+    for ws in (first, second):
+        await ws.close()

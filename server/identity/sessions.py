@@ -14,6 +14,7 @@ import hmac
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -84,6 +85,10 @@ class SessionVerifier:
         self.max_entries = max_entries
         self.max_concurrency = max_concurrency
         self.requests = 0  # made to the service (for stats and tests)
+        # Counted by the app's metrics once it wires them (server/app.py): each lookup's result
+        # (ok, unauthorized, forbidden, unavailable), and each answer taken from the cache.
+        self.on_lookup: Callable[[str], None] = lambda result: None
+        self.on_cache_hit: Callable[[], None] = lambda: None
         # A per-process key: the hashes mean nothing outside this process, not even to someone
         # who can read its memory and guess cookies offline.
         self._salt = secrets.token_bytes(32)
@@ -119,6 +124,8 @@ class SessionVerifier:
         outcome = self._cached(key)
         if outcome is None:
             outcome = await self.ask(headers, key)
+        else:
+            self.on_cache_hit()
         if isinstance(outcome, SessionAnswer):
             return outcome
         raise AuthError(outcome, _MESSAGES[outcome])
@@ -183,13 +190,16 @@ class SessionVerifier:
             refusal = _REFUSALS.get(status)
             if refusal is not None:
                 self._remember(key, refusal)
+                self.on_lookup(refusal)
                 return refusal
             parsed = _parse(body) if status == 200 else f"answered {status}"
             if isinstance(parsed, SessionAnswer):
                 self._remember(key, parsed)
+                self.on_lookup("ok")
                 return parsed
             reason = parsed
         log.warning("session service unavailable", extra={"reason": reason})
+        self.on_lookup("unavailable")
         return "unavailable"
 
 
