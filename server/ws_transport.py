@@ -46,10 +46,7 @@ class _Socket(WebSocketProtocol):
         self.connection = connection
 
     def on_overflow(self) -> None:
-        connection = self.connection
-        log.warning("slow consumer closed", extra={"userId": connection.user_id, "transport": "websocket"})
-        connection._endpoint.node.metrics.slow_consumer(connection.transport)
-        connection.close(CLOSE_SLOW_CONSUMER, "slow consumer")
+        self.connection.overflowed()
 
     def on_message(self, data: str | bytes) -> None:
         self.connection.received(data)
@@ -87,6 +84,12 @@ class WebSocketConnection(Connection):
         if not self.closed:
             self.closed = True
             self.socket.close(code, reason)
+
+    def overflowed(self) -> None:
+        """The client stopped reading: its unsent bytes passed ``websocket.send_buffer_bytes``."""
+        log.warning("slow consumer closed", extra={"userId": self.user_id, "transport": self.transport})
+        self._endpoint.node.metrics.slow_consumer(self.transport)
+        self.close(CLOSE_SLOW_CONSUMER, "slow consumer")
 
     def acked_position(self) -> str | None:
         return self.socket.acked
