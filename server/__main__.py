@@ -34,6 +34,7 @@ def serve(settings: Settings) -> int:
     from aiohttp import web
 
     from server.app import create_app
+    from server.listen import listen_backlog
 
     if settings.auth.insecure:
         log.warning("AUTH_INSECURE=1: userId and role are trusted from the query; development only")
@@ -66,6 +67,7 @@ def serve(settings: Settings) -> int:
             port=settings.port,
             print=listening,
             access_log=None,
+            backlog=listen_backlog(settings.backlog),
             shutdown_timeout=settings.shutdown_timeout_seconds / 2,
             loop=uvloop.new_event_loop(),
         )
