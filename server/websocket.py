@@ -138,18 +138,22 @@ def handshake(request: web.Request, compression: bool) -> tuple[bytes, bool]:
     return b"\r\n".join(response) + b"\r\n\r\n", deflated
 
 
-def take_over(request: web.Request, response: bytes, protocol: WebSocketProtocol) -> None:
+def take_over(request: web.Request, response: bytes, protocol: WebSocketProtocol, hold: bool = False) -> None:
     """Write the ``101`` and move the socket from aiohttp to ``protocol``.
 
     aiohttp is told the connection is gone (without closing it): it frees what it held for it,
-    and the handler's return value is never written.
+    and the handler's return value is never written. With ``hold``, the ``101`` goes out with
+    the protocol's first write (the greeting that always follows): one system call, not two.
     """
     transport = request.transport
     aiohttp_protocol: Any = request.protocol
     assert transport is not None
     # A client may not send before it has our 101, but keep anything that came early.
     early: bytes = getattr(aiohttp_protocol, "_message_tail", b"")
-    transport.write(response)
+    if hold:
+        protocol.head = response
+    else:
+        transport.write(response)
     transport.set_protocol(protocol)
     aiohttp_protocol.transport = None  # so that it does not close the socket
     aiohttp_protocol.connection_lost(None)
@@ -186,6 +190,7 @@ class WebSocketProtocol(asyncio.Protocol):
         "_heard",
         "_inflate",
         "deflate",
+        "head",
         "max_message_bytes",
         "send_limit",
         "transport",
@@ -213,6 +218,7 @@ class WebSocketProtocol(asyncio.Protocol):
         self._close_sent = False
         self._close_code: int | None = None
         self._heard = True  # anything received since the last heartbeat
+        self.head = b""  # the handshake's answer, held for the first write (``take_over``)
 
     # --- asyncio.Protocol --------------------------------------------------------------------
 
@@ -377,6 +383,9 @@ class WebSocketProtocol(asyncio.Protocol):
         transport = self.transport
         if transport is None or self._close_sent:
             return False
+        if self.head:
+            data = self.head + data
+            self.head = b""
         transport.write(data)
         if transport.get_write_buffer_size() > self.send_limit:
             self.on_overflow()
@@ -403,10 +412,17 @@ class WebSocketProtocol(asyncio.Protocol):
         self._close_sent = True
         if self._close_code is None:
             self._close_code = code
-        transport.write(close_frame(code, reason))
+        head, self.head = self.head, b""
+        transport.write(head + close_frame(code, reason))
         if transport.can_write_eof():
             transport.write_eof()
         asyncio.get_running_loop().call_later(self.closing_timeout, transport.abort)
+
+    def flush_head(self) -> None:
+        """Write a held handshake answer now, when no first write followed it."""
+        if self.head and self.transport is not None:
+            self.transport.write(self.head)
+        self.head = b""
 
     def ping(self) -> bool:
         """Ping the client; False if it has sent nothing since the last ping (it is then cut off)."""
