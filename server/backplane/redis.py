@@ -42,7 +42,6 @@ from server.backplane.base import (
     parse_after,
     select_missed,
 )
-from server.backplane.group import GroupCommit
 from server.backplane.resp import ReplyLost, RespConnection
 from server.config import Settings
 from server.events import Event, EventId, OutgoingEvent, format_event_id, parse_event_id
@@ -152,10 +151,6 @@ class RedisBackplane(Backplane):
             RespConnection(config.url, tls_verify=config.tls_verify, timeout=BLOCK_MS / 1000 + 3)
             for _ in range(2)
         )
-        # POSTs made while a publish is in flight go to Redis together when it returns (group.py).
-        self._publishing: GroupCommit[OutgoingEvent, Any] = GroupCommit(
-            self._publish_now, settings.admin.max_batch
-        )
         self._on_event: EventSink | None = None
         self._on_command: CommandSink | None = None
         self._report: Callable[[], NodeReport] | None = None
@@ -219,12 +214,6 @@ class RedisBackplane(Backplane):
     # --- events ---------------------------------------------------------------------------
 
     async def publish(self, events: Sequence[OutgoingEvent]) -> list[str]:
-        async with self._reachable():
-            ids = await self._publishing.submit(events)
-        return [_id(raw) for raw in ids]
-
-    async def _publish_now(self, events: list[OutgoingEvent]) -> list[Any]:
-        """One script call: the events are all added, in order, or none is."""
         args: list[Any] = [
             self.settings.history.max_events,
             self.settings.admin.idempotency_ttl_seconds,
@@ -232,8 +221,9 @@ class RedisBackplane(Backplane):
         ]
         for event in events:
             args += [event.type, event.data_json, orjson.dumps(event.rooms), event.idempotency_key or ""]
-        ids: list[Any] = await self._eval(_PUBLISH, args)
-        return ids
+        async with self._reachable():
+            ids = await self._eval(_PUBLISH, args)
+        return [_id(raw) for raw in ids]
 
     async def command(self, command: dict[str, Any]) -> None:
         async with self._reachable():
