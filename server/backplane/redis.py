@@ -109,7 +109,20 @@ return redis.call('GET', KEYS[2])
 """
 )
 
-_SHA = {script: hashlib.sha1(script.encode()).hexdigest() for script in (_PUBLISH, _COMMAND, _POSITION)}
+# What a reconnecting client needs, in one call: the floor, the count of entries ever added, the
+# stream's length, its first and newest entries, and every entry after ARGV[1] ("(ID": exclusive).
+_HISTORY = """
+local floor = redis.call('GET', KEYS[2])
+local added = redis.call('GET', KEYS[3])
+local length = redis.call('XLEN', KEYS[1])
+local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
+local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+return {floor, added, length, first, newest, redis.call('XRANGE', KEYS[1], ARGV[1], '+')}
+"""
+
+_SHA = {
+    script: hashlib.sha1(script.encode()).hexdigest() for script in (_PUBLISH, _COMMAND, _POSITION, _HISTORY)
+}
 
 
 def _id(raw: bytes | str) -> str:
@@ -147,9 +160,11 @@ class RedisBackplane(Backplane):
             options.update(ssl_cert_reqs="none", ssl_check_hostname=False)
         self.redis: aioredis.Redis = aioredis.from_url(config.url, **options)
         # The hot path (publish, tail) bypasses redis-py: see server/backplane/resp.py.
-        self._publisher, self._tailer = (
+        # History has its own: a reconnect storm sends thousands of reads at once, pipelined on one
+        # connection (redis-py's pool stops at 100 connections: the rest were told to resync).
+        self._publisher, self._tailer, self._history = (
             RespConnection(config.url, tls_verify=config.tls_verify, timeout=BLOCK_MS / 1000 + 3)
-            for _ in range(2)
+            for _ in range(3)
         )
         self._on_event: EventSink | None = None
         self._on_command: CommandSink | None = None
@@ -186,6 +201,7 @@ class RedisBackplane(Backplane):
         await asyncio.wait(self._tasks, timeout=BLOCK_MS / 1000 + 1)
         self._publisher.close()
         self._tailer.close()
+        self._history.close()
         with contextlib.suppress(RedisError, OSError):
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.zrem(self.nodes_key, self.node)
@@ -229,9 +245,9 @@ class RedisBackplane(Backplane):
         async with self._reachable():
             await self._eval(_COMMAND, [self.settings.history.max_events, orjson.dumps(command)])
 
-    async def _eval(self, script: str, args: list[Any]) -> Any:
+    async def _eval(self, script: str, args: list[Any], connection: RespConnection | None = None) -> Any:
         """Run a script on the stream's keys by its SHA, sending its text only when Redis lacks it."""
-        call = self._publisher.call
+        call = (connection or self._publisher).call
         keys = (self.stream, self.floor_key, self.added_key)
         try:
             return await call("EVALSHA", _SHA[script], len(keys), *keys, *args)
@@ -301,14 +317,9 @@ class RedisBackplane(Backplane):
 
     async def history(self, after: str, rooms: Collection[str]) -> list[Event]:
         after_id = parse_after(after)
-        async with self._reachable(), self.redis.pipeline(transaction=True) as pipe:
-            pipe.get(self.floor_key)
-            pipe.get(self.added_key)
-            pipe.xlen(self.stream)
-            pipe.xrange(self.stream, "-", "+", count=1)
-            pipe.xrevrange(self.stream, "+", "-", count=1)
-            pipe.xrange(self.stream, f"({after}", "+")
-            floor_raw, added, length, first, newest, entries = await pipe.execute()
+        async with self._reachable():
+            reply = await self._eval(_HISTORY, [f"({after}"], self._history)
+        floor_raw, added, length, first, newest, entries = reply
         if floor_raw is None:
             raise HistoryExpired(after)  # the stream was lost (e.g. Redis restarted empty)
         floor = parse_event_id(_id(floor_raw))
@@ -322,7 +333,8 @@ class RedisBackplane(Backplane):
         if not is_recoverable(after_id, floor, last):
             raise HistoryExpired(after)
         events = []
-        for raw_id, fields in entries:
+        for raw_id, flat in entries:  # [id, [field, value, field, value...]]
+            fields = dict(zip(flat[::2], flat[1::2], strict=False))
             if b"cmd" not in fields:
                 with contextlib.suppress(KeyError, ValueError, TypeError):
                     events.append(_parse_entry(_id(raw_id), fields))
@@ -431,12 +443,12 @@ class RedisBackplane(Backplane):
     # --- Socket.IO sessions for connection-state recovery ------------------------------------
 
     async def save_session(self, pid: str, state: dict[str, Any], ttl: int) -> None:
-        async with self._reachable():
-            await self.redis.set(f"{self.session_prefix}{pid}", orjson.dumps(state), ex=ttl)
+        async with self._reachable():  # on every Socket.IO connect: the lean connection, no pool
+            await self._history.call("SET", f"{self.session_prefix}{pid}", orjson.dumps(state), "EX", ttl)
 
     async def load_session(self, pid: str) -> dict[str, Any] | None:
         async with self._reachable():
-            raw = await self.redis.get(f"{self.session_prefix}{pid}")
+            raw = await self._history.call("GET", f"{self.session_prefix}{pid}")
         return orjson.loads(raw) if raw else None
 
 
