@@ -42,6 +42,7 @@ from server.backplane.base import (
     parse_after,
     select_missed,
 )
+from server.backplane.recent import RecentEvents
 from server.backplane.resp import ReplyLost, RespConnection
 from server.config import Settings
 from server.events import Event, EventId, OutgoingEvent, format_event_id, parse_event_id
@@ -166,6 +167,8 @@ class RedisBackplane(Backplane):
             RespConnection(config.url, tls_verify=config.tls_verify, timeout=BLOCK_MS / 1000 + 3)
             for _ in range(3)
         )
+        # What the tail read lately: replays come from it when it holds them all (recent.py).
+        self._recent = RecentEvents(settings.history.max_events, settings.history.max_age_seconds)
         self._on_event: EventSink | None = None
         self._on_command: CommandSink | None = None
         self._report: Callable[[], NodeReport] | None = None
@@ -265,6 +268,7 @@ class RedisBackplane(Backplane):
                 if last is None:
                     last = await self._position()
                 if not self._tail_ok:
+                    self._recent.start(parse_event_id(last))
                     await self._tailer.call("PING")  # ready now, not after a first XREAD's BLOCK
                     log.info("backplane tail connected", extra={"node": self.node, "from": last})
                     self._tail_ok, self._last_read = True, time.monotonic()
@@ -298,6 +302,7 @@ class RedisBackplane(Backplane):
                 if b"cmd" in fields:
                     if events:
                         self._on_event(events)
+                        self._recent.read(events, None)
                         events = []
                     self._on_command(orjson.loads(fields[b"cmd"]))
                 else:
@@ -306,6 +311,7 @@ class RedisBackplane(Backplane):
                 log.error("skipped a malformed stream entry", extra={"id": event_id, "error": repr(exc)})
         if events:
             self._on_event(events)
+        self._recent.read(events, parse_event_id(event_id))
         return event_id
 
     async def _position(self) -> str:
@@ -317,6 +323,10 @@ class RedisBackplane(Backplane):
 
     async def history(self, after: str, rooms: Collection[str]) -> list[Event]:
         after_id = parse_after(after)
+        if self._tail_ok:
+            recent = self._recent.missed(after_id, rooms)
+            if recent is not None:
+                return recent
         async with self._reachable():
             reply = await self._eval(_HISTORY, [f"({after}"], self._history)
         floor_raw, added, length, first, newest, entries = reply
