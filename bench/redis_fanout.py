@@ -18,7 +18,13 @@ is saturated, whatever the readers do. The readers and the publisher run in this
 other CPU: when its CPU reaches ~100 % the figure is a bound set by this client, not by Redis
 (the `client CPU %` column says so).
 
-    bench/redis_fanout.py                                  # the default grid, ~2 minutes
+With ``--server``, one real server process (``python -m server`` on this Redis, no clients) tails
+the stream as well, and its CPU per event read is reported: what every process pays for the
+events of the whole platform, whoever they are for. (It is then an N+1st reader: Redis's CPU and
+bytes include its reads, the reads columns do not.)
+
+    bench/redis_fanout.py                                  # the default grid, ~1 minute
+    bench/redis_fanout.py --server --rates 1000,5000,15000,30000 --readers 1
     bench/redis_fanout.py --rates 1000,10000 --readers 1,10,50 --seconds 3
     bench/redis_fanout.py --json results/redis_fanout.json
 
@@ -85,6 +91,30 @@ def start_redis(cpu: str | None) -> tuple[subprocess.Popen[bytes], int, str]:
     sys.exit("redis-server did not start")
 
 
+def start_server(url: str) -> subprocess.Popen[bytes]:
+    """One real server process on this Redis, with no clients: it only tails the stream."""
+    port = free_port()
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "CONFIG_FILE": os.devnull,
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "AUTH_INSECURE": "1",
+        "REDIS_URL": url,
+        "LOG_LEVEL": "warning",
+    }
+    proc = subprocess.Popen([sys.executable, "-m", "server"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            time.sleep(0.5)  # its tail connects just after it listens
+            return proc
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    sys.exit("the server did not start")
+
+
 class Reader:
     """One simulated server process: the tail loop of server/backplane/redis.py."""
 
@@ -109,7 +139,7 @@ def stream_ms(entry_id: str) -> int:
 
 
 async def measure(
-    url: str, redis_pid: int, rate: int, readers: int, seconds: float, batch: int
+    url: str, redis_pid: int, rate: int, readers: int, seconds: float, batch: int, server_pid: int | None
 ) -> dict[str, Any]:
     admin = RespConnection(url, tls_verify=True, timeout=10)
     await admin.call("DEL", STREAM, FLOOR, ADDED)
@@ -134,17 +164,17 @@ async def measure(
     published = 0
 
     async def run_for(duration: float) -> None:
+        """Publish at ``rate``, by the clock: a slow round trip is made up for in the next one."""
         nonlocal published
         t0 = loop.time()
-        due = 0.0
+        sent = 0
         while (now := loop.time()) - t0 < duration:
-            due += rate * tick
-            count = int(due)
-            due -= count
-            if count:
+            count = min(int(rate * (now - t0)) - sent, max(batch, rate // 10))  # at most 0.1 s at once
+            if count > 0:
                 await publish(count)
+                sent += count
                 published += count
-            await asyncio.sleep(max(0.0, tick - (loop.time() - now)))
+            await asyncio.sleep(tick)
 
     await run_for(0.5)  # warm-up: readers connected and reading
     info0 = await admin.call("INFO", "stats")
@@ -154,6 +184,7 @@ async def measure(
         sum(t.read for t in tails),
         published,
     )
+    server0 = cpu_seconds(server_pid) if server_pid else 0.0
     t0 = loop.time()
     await run_for(seconds)
     t1 = loop.time()
@@ -163,6 +194,7 @@ async def measure(
         sum(t.read for t in tails),
         published,
     )
+    server_cpu = cpu_seconds(server_pid) - server0 if server_pid else None
     info1 = await admin.call("INFO", "stats")
     # How far behind the slowest reader is now: compare its position with the newest entry.
     newest = await admin.call("XREVRANGE", STREAM, "+", "-", "COUNT", 1)
@@ -204,6 +236,8 @@ async def measure(
         "out_bytes_per_read": round(out_bytes / read) if read else None,
         "client_cpu_pct": round(100 * (self1 - self0) / secs, 1),
         "lag_ms_at_end": lag_ms,
+        "server_cpu_pct": round(100 * server_cpu / secs, 1) if server_cpu is not None else None,
+        "server_cpu_us_per_event": round(1e6 * server_cpu / written, 1) if server_cpu and written else None,
         "kept_up": read >= 0.98 * written * readers and lag_ms < 500,
     }
 
@@ -211,16 +245,22 @@ async def measure(
 def table(rows: list[dict[str, Any]]) -> str:
     head = (
         "| events/s (R) | readers (N) | reads/s (of R x N) | Redis CPU % | Redis µs/read | "
-        "Redis µs/event written | out MB/s | bytes/read | client CPU % | slowest lag, ms | kept up |"
+        "Redis µs/event written | out MB/s | bytes/read | client CPU % | slowest lag, ms | kept up | "
+        "server process: CPU %, µs/event read |"
     )
-    lines = [head, "|" + "---|" * 11]
+    lines = [head, "|" + "---|" * 12]
     for r in rows:
         lines.append(
             f"| {r['events_per_s']:,} | {r['readers']} | "
             f"{r['reads_per_s']:,} / {r['expected_reads_per_s']:,} | "
             f"{r['redis_cpu_pct']} | {r['redis_cpu_us_per_read']} | {r['redis_cpu_us_per_event_written']} | "
             f"{r['net_out_mb_per_s']} | {r['out_bytes_per_read']} | {r['client_cpu_pct']} | "
-            f"{r['lag_ms_at_end']} | {'yes' if r['kept_up'] else '**no**'} |"
+            f"{r['lag_ms_at_end']} | {'yes' if r['kept_up'] else '**no**'} | "
+            + (
+                f"{r['server_cpu_pct']}, {r['server_cpu_us_per_event']} |"
+                if r["server_cpu_pct"] is not None
+                else "- |"
+            )
         )
     return "\n".join(lines)
 
@@ -233,6 +273,9 @@ async def main() -> None:
     ap.add_argument("--batch", type=int, default=1, help="events per publish call (1 = single-event POSTs)")
     ap.add_argument("--redis-cpu", default="0", help="CPU to pin redis-server to ('' = not pinned)")
     ap.add_argument("--client-cpu", default="1", help="CPU to pin this client to ('' = not pinned)")
+    ap.add_argument(
+        "--server", action="store_true", help="also run one real server process tailing the stream"
+    )
     ap.add_argument("--json", help="also write every figure to this file")
     args = ap.parse_args()
     if args.client_cpu:
@@ -240,6 +283,7 @@ async def main() -> None:
     proc, port, workdir = start_redis(args.redis_cpu or None)
     url = f"redis://127.0.0.1:{port}/0"
     rows = []
+    server = start_server(url) if args.server else None
     try:
         load = os.getloadavg()[0]
         print(
@@ -248,10 +292,15 @@ async def main() -> None:
         )
         for rate in [int(x) for x in args.rates.split(",")]:
             for readers in [int(x) for x in args.readers.split(",")]:
-                row = await measure(url, proc.pid, rate, readers, args.seconds, args.batch)
+                row = await measure(
+                    url, proc.pid, rate, readers, args.seconds, args.batch, server.pid if server else None
+                )
                 rows.append(row)
                 print(json.dumps(row), file=sys.stderr, flush=True)
     finally:
+        if server is not None:
+            server.terminate()
+            server.wait(timeout=15)
         proc.terminate()
         proc.wait(timeout=10)
         shutil.rmtree(workdir, ignore_errors=True)
