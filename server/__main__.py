@@ -1,4 +1,4 @@
-"""``python -m server``: read settings, then serve until SIGTERM/SIGINT (exit 0)."""
+"""``python -m server``: the command line (server/cli.py); with no command, serve until SIGTERM/SIGINT."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("server")
 
 
-def main() -> int:
+def run_server() -> int:
+    """Read the settings, then serve until SIGTERM/SIGINT (exit 0)."""
     try:
         settings = load_settings()
     except ConfigError as exc:
@@ -68,6 +69,7 @@ def serve(settings: Settings) -> int:
             print=listening,
             access_log=None,
             backlog=listen_backlog(settings.backlog),
+            keepalive_timeout=settings.http_idle_timeout_seconds,
             shutdown_timeout=settings.shutdown_timeout_seconds / 2,
             loop=uvloop.new_event_loop(),
         )
@@ -84,4 +86,6 @@ def serve(settings: Settings) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from server.cli import main
+
+    sys.exit(main(run_server))

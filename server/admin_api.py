@@ -16,10 +16,12 @@ from marshmallow import ValidationError
 
 from handlers.catalogue import AudienceError, Catalogue
 from handlers.subscriptions import valid_id
+from handlers.versions import NoEntity, version_key
 from server.backplane.base import BackplaneUnavailable
 from server.config import Settings
-from server.events import OutgoingEvent
+from server.events import OutgoingEvent, idempotency_key
 from server.fastcheck import compile_check
+from server.limits import KeyedRateLimit, retry_after
 from server.node import Node
 from server.schemas import BatchSchema, EventSchema
 
@@ -86,6 +88,7 @@ class AdminApi:
         self.event_check = compile_check(self.event_schema)
         self.data_checks = {name: compile_check(t.schema) for name, t in catalogue.types.items()}
         self.batch_schema = BatchSchema()
+        self.rate_limit = KeyedRateLimit(settings.admin.requests_per_second, settings.admin.requests_burst)
         if not self.keys:
             log.warning("admin API is open: no ADMIN_API_KEYS (AUTH_INSECURE=1)")
 
@@ -97,24 +100,48 @@ class AdminApi:
         app.router.add_post("/users/{userId}/disconnect", self.disconnect)
 
     @web.middleware
+    async def metrics_middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Count every admin request by route (its pattern, never the raw path) and final status."""
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "unmatched"
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        finally:
+            self.node.metrics.admin_requests.labels(route, str(status)).inc()
+
+    @web.middleware
     async def auth_middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path.startswith("/api/v1/"):
-            self._check_key(request.headers.get("Authorization", ""))
+            key = self._check_key(request.headers.get("Authorization", ""))
+            wait = self.rate_limit.wait(key)
+            if wait:
+                error = ApiError(429, "rate_limited", "too many requests with this API key: slow down")
+                error.headers["Retry-After"] = retry_after(wait)
+                raise error
         return await handler(request)
 
-    def _check_key(self, header: str) -> None:
+    def _check_key(self, header: str) -> str:
+        """Which key the request carries (its position, for the rate limit), or 401."""
         if not self.keys:
-            return
+            return "open"
         scheme, _, presented = header.partition(" ")
         candidate = presented.strip().encode() if scheme.lower() == "bearer" else b""
         # Compare with every key, in constant time, so timing tells nothing about which matched.
-        matched = False
-        for key in self.keys:
-            matched |= hmac.compare_digest(candidate, key)
-        if not matched:
+        matched = -1
+        for index, key in enumerate(self.keys):
+            if hmac.compare_digest(candidate, key):
+                matched = index
+        if matched < 0:
             error = ApiError(401, "unauthorized", "a valid 'Authorization: Bearer <API key>' is required")
             error.headers["WWW-Authenticate"] = "Bearer"
             raise error
+        return str(matched)
 
     # --- POST /api/v1/events -------------------------------------------------------------
 
@@ -153,7 +180,11 @@ class AdminApi:
             error = ApiError(503, "unavailable", f"events cannot be accepted now: {exc}; {outcome}")
             error.headers["Retry-After"] = str(exc.retry_after)
             raise error from None
-        return json_response({"accepted": len(ids), "ids": ids}, status=202)
+        answer: dict[str, Any] = {"accepted": sum(1 for i in ids if i is not None), "ids": ids}
+        stale = [index for index, event_id in enumerate(ids) if event_id is None]
+        if stale:
+            answer["stale"] = stale
+        return json_response(answer, status=202)
 
     async def _read_json(self, request: web.Request) -> Any:
         if request.content_type != "application/json":
@@ -176,7 +207,7 @@ class AdminApi:
         problems: list[dict[str, Any]] = []
         for index, item in enumerate(items):
             try:
-                events.append(self._validate_one(item, index, header_key, len(items)))
+                events.append(self._validate_one(item, index, header_key))
             except ValidationError as exc:
                 problems.append({"index": index, "fields": _flatten(exc.messages)})
         if problems:
@@ -190,7 +221,7 @@ class AdminApi:
             )
         return events
 
-    def _validate_one(self, item: Any, index: int, header_key: str | None, count: int) -> OutgoingEvent:
+    def _validate_one(self, item: Any, index: int, header_key: str | None) -> OutgoingEvent:
         if not isinstance(item, dict):
             raise ValidationError("each event must be an object")
         envelope = item if self.event_check(item) else self.event_schema.load(item)
@@ -211,10 +242,24 @@ class AdminApi:
             rooms = event_type.audience(data, to)
         except AudienceError as exc:
             raise ValidationError({"to": [str(exc)]}) from None
-        key = envelope.get("idempotencyKey")
-        if key is None and header_key is not None:
-            key = header_key if count == 1 else f"{header_key}#{index}"
-        return OutgoingEvent(event_type.name, orjson.dumps(data), rooms, key)
+        try:
+            data_json = orjson.dumps(data)
+        except orjson.JSONEncodeError:  # orjson stops at 255 levels; loads accepts 1,024
+            raise ValidationError({"data": ["nested too deep to encode"]}) from None
+        limit = self.settings.admin.max_event_bytes
+        if len(data_json) > limit:
+            raise ValidationError(
+                {"data": [f"{len(data_json)} bytes encoded, over admin.max_event_bytes ({limit})"]}
+            )
+        version = envelope.get("version")
+        versioned = None
+        if version is not None:
+            try:
+                versioned = version_key(event_type.name, data)
+            except NoEntity as exc:
+                raise ValidationError({exc.field: [str(exc)]}) from None
+        key = idempotency_key(envelope.get("idempotencyKey"), header_key, index)
+        return OutgoingEvent(event_type.name, data_json, rooms, key, version, versioned)
 
     # --- operators ------------------------------------------------------------------------
 

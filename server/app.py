@@ -13,8 +13,9 @@ from server.auth import Authenticator
 from server.backplane.base import Backplane
 from server.backplane.memory import MemoryBackplane
 from server.config import Settings
+from server.dashboard import Dashboard
 from server.hub import CLOSE_RESTART
-from server.metrics import make_registry, render
+from server.metrics import Metrics
 from server.node import Node
 from server.openapi import build_openapi
 from server.sio_transport import SocketIOEndpoint
@@ -28,16 +29,17 @@ SIO = web.AppKey("sio", SocketIOEndpoint)
 AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
 
 
-def make_backplane(settings: Settings) -> Backplane:
+def make_backplane(settings: Settings, metrics: Metrics) -> Backplane:
     if settings.redis.url:
         from server.backplane.redis import RedisBackplane
 
-        return RedisBackplane(settings)
+        return RedisBackplane(settings, metrics)
     return MemoryBackplane(settings.history, settings.admin.idempotency_ttl_seconds)
 
 
 def create_app(settings: Settings) -> web.Application:
-    node = Node(settings, make_backplane(settings))
+    metrics = Metrics()
+    node = Node(settings, make_backplane(settings, metrics), metrics)
     authenticator = Authenticator(settings.auth, settings.cors_allowed_origins)
     catalogue = Catalogue.from_config(settings.event_types)
     admin = AdminApi(node, catalogue, settings)
@@ -46,7 +48,7 @@ def create_app(settings: Settings) -> web.Application:
     app = web.Application(client_max_size=settings.admin.max_body_bytes)
     # The admin API is a sub-application, so its middlewares (API key, error shape) cost nothing
     # to the client connections, which hold a handler frame each for their whole life.
-    api = web.Application(middlewares=[error_middleware, admin.auth_middleware])
+    api = web.Application(middlewares=[admin.metrics_middleware, error_middleware, admin.auth_middleware])
     app[NODE] = node
     app[SETTINGS] = settings
     app[AUTHENTICATOR] = authenticator
@@ -57,9 +59,10 @@ def create_app(settings: Settings) -> web.Application:
     sio.attach(app)
     app[SIO] = sio
     admin.add_routes(api)
+    dashboard = Dashboard(node, authenticator, settings)
+    dashboard.add_routes(app)
 
     openapi = build_openapi(catalogue)
-    registry = make_registry(node)
 
     async def openapi_json(_: web.Request) -> web.Response:
         return json_response(openapi)
@@ -71,29 +74,32 @@ def create_app(settings: Settings) -> web.Application:
         ready = node.backplane.ready
         return json_response({"ready": ready, "backplane": node.backplane.name}, status=200 if ready else 503)
 
-    async def metrics(_: web.Request) -> web.Response:
-        return web.Response(body=render(registry), content_type="text/plain", charset="utf-8")
+    async def prometheus(_: web.Request) -> web.Response:
+        return web.Response(body=metrics.render(), content_type="text/plain", charset="utf-8")
 
     api.router.add_get("/openapi.json", openapi_json)
     app.add_subapp("/api/v1", api)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/metrics", prometheus)
 
     async def start(_: web.Application) -> None:
         await authenticator.start()
         await node.start()
 
     async def close_clients(_app: web.Application) -> None:
-        """Shutdown: every client is told 1012 (service restart) and reconnects elsewhere."""
+        """Shutdown: every client is told 1012 (service restart) and reconnects elsewhere, where
+        it is resumed from the point saved here first (in one round trip for all)."""
         count = len(node.hub.connections)
+        await dashboard.close_all()
+        saved = await node.resume_book.save_all()
         node.hub.close_all(CLOSE_RESTART, "server restarting")
         # Let the close frames reach the wire before aiohttp cancels the handlers.
         for _ in range(20):
             if not node.hub.connections:
                 break
             await asyncio.sleep(0.05)
-        log.info("clients closed for shutdown", extra={"connections": count})
+        log.info("clients closed for shutdown", extra={"connections": count, "resume_points": saved})
 
     async def stop(_: web.Application) -> None:
         websocket.heartbeat.stop()

@@ -85,6 +85,9 @@ class AdminSettings:
     max_body_bytes: int = 1024 * 1024
     max_batch: int = 1000
     idempotency_ttl_seconds: int = 24 * 3600
+    requests_per_second: float = 1000.0
+    requests_burst: int = 2000
+    max_event_bytes: int = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,7 @@ class WebSocketSettings:
 class HistorySettings:
     max_events: int = 10_000
     max_age_seconds: int = 600
+    resume_window_seconds: int = 120
 
 
 @dataclass(frozen=True)
@@ -134,6 +138,7 @@ class Settings:
     # Connections the kernel queues before the server accepts them (listen(2)); aiohttp's 128
     # overflowed in reconnect storms. The kernel caps it at net.core.somaxconn.
     backlog: int = 4096
+    http_idle_timeout_seconds: float = 15.0
     cors_allowed_origins: tuple[str, ...] = ()
     auth: AuthSettings = field(default_factory=AuthSettings)
     admin: AdminSettings = field(default_factory=AdminSettings)
@@ -192,6 +197,9 @@ class _AdminSchema(_Section):
     max_body_bytes = fields.Integer(validate=_positive)
     max_batch = fields.Integer(validate=_positive)
     idempotency_ttl_seconds = fields.Integer(validate=_positive)
+    requests_per_second = fields.Float(validate=_positive)
+    requests_burst = fields.Integer(validate=_positive)
+    max_event_bytes = fields.Integer(validate=_positive)
 
     @post_load
     def make(self, data: dict[str, Any], **_: Any) -> AdminSettings:
@@ -219,6 +227,7 @@ class _WebSocketSchema(_Section):
 class _HistorySchema(_Section):
     max_events = fields.Integer(validate=validate.Range(min=0))
     max_age_seconds = fields.Integer(validate=validate.Range(min=0))
+    resume_window_seconds = fields.Integer(validate=validate.Range(min=0))
 
     @post_load
     def make(self, data: dict[str, Any], **_: Any) -> HistorySettings:
@@ -267,6 +276,7 @@ class _SettingsSchema(_Section):
     log_format = fields.String(validate=validate.OneOf(["text", "json"]))
     shutdown_timeout_seconds = fields.Float(validate=_positive)
     backlog = fields.Integer(validate=validate.Range(min=1, max=65535))
+    http_idle_timeout_seconds = fields.Float(validate=_positive)
     cors_allowed_origins = fields.List(fields.String(validate=validate.Length(min=1)))
     auth = fields.Nested(_AuthSchema)
     admin = fields.Nested(_AdminSchema)

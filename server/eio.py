@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from engineio import packet as eio_packet
@@ -74,12 +74,19 @@ class LeanSocket(AsyncSocket):  # type: ignore[misc]
     last_ping: float | None  # python-engineio's: when the unanswered ping was sent
     backlog_packets: int
     backlog_bytes: int
+    connection: Any  # the Socket.IO connection on this socket, while there is one
+    ping_mark: str | None  # the hub's position when the unanswered ping was written
+    acked: str | None  # the mark of the last ping the client answered
+    peer_close_code: int | None  # the close code of a WebSocket the client closed
 
     def adopt(self) -> None:
         self._queue: asyncio.Queue[Any] | None = self.__dict__.pop("queue")
         self.ws = None
         self.backlog_packets = 0  # MESSAGEs in the queue, not yet sent (a polling client's backlog)
         self.backlog_bytes = 0
+        self.connection = None
+        self.ping_mark = self.acked = None
+        self.peer_close_code = None
 
     # python-engineio's queue of packets for the client, made when needed: a WebSocket client
     # never needs it once connected, and an asyncio.Queue is ~3 KiB.
@@ -103,18 +110,21 @@ class LeanSocket(AsyncSocket):  # type: ignore[misc]
             return ws
         return None
 
-    def send_events(self, events: Sequence[Event], limit: int) -> bool:
+    def send_events(self, events: Sequence[Event], limit: int | None) -> bool:
         """Send the events as Engine.IO MESSAGEs, in one write when on WebSocket.
 
         False if the client is closing: its polling backlog is now over ``limit`` bytes, or, on
-        WebSocket, the socket closed it for not reading (``WebSocketProtocol.write``).
+        WebSocket, the socket closed it for not reading (``WebSocketProtocol.write``). ``limit``
+        ``None``: no bound (a replay, see ``Connection.send_replay``).
         """
         if self.closed or self.closing:
             return True
         ws = self.direct()
         if ws is None:
             return self._enqueue([event.sio_payload for event in events], limit)
-        return ws.write(joined(events, SIO_FRAME_DEFLATED if ws.deflate else SIO_FRAME))
+        return ws.write(
+            joined(events, SIO_FRAME_DEFLATED if ws.deflate else SIO_FRAME), bounded=limit is not None
+        )
 
     def send_message(self, payload: bytes, limit: int) -> bool:
         """Send one Engine.IO MESSAGE whose data is ``payload``; False as for ``send_events``."""
@@ -125,12 +135,14 @@ class LeanSocket(AsyncSocket):  # type: ignore[misc]
             return self._enqueue([payload], limit)
         return ws.write(text_frame(b"4" + payload))
 
-    def _enqueue(self, payloads: list[bytes], limit: int) -> bool:
+    def _enqueue(self, payloads: list[bytes], limit: int | None) -> bool:
         for payload in payloads:
             self.backlog_packets += 1
             self.backlog_bytes += len(payload)
             self.queue.put_nowait(CountedPacket(self, payload.decode(), len(payload)))
         # Bounded in bytes like a WebSocket client's buffer (and in packets: each has a cost of its own).
+        if limit is None:
+            return True
         return self.backlog_bytes <= limit and self.backlog_packets <= MAX_QUEUED_PACKETS
 
     async def send(self, pkt: eio_packet.Packet) -> None:
@@ -175,7 +187,12 @@ class LeanSocket(AsyncSocket):  # type: ignore[misc]
         return packets
 
     def schedule_ping(self) -> None:
+        """The client answered the ping (or has just connected): schedule the next one."""
         if self.last_ping:  # python-engineio's rule: one ping cycle at a time
+            # SEAM: on long-polling, python-engineio's ``receive()`` calls ``schedule_ping`` for a
+            # PONG (``EngineWebSocket.on_message`` does on WebSocket): that is how the ack is seen.
+            if self.ping_mark is not None:
+                self.acked = self.ping_mark  # the PONG came after everything before the PING
             self.last_ping = None
             self.server.pings.add(self)
 
@@ -262,6 +279,8 @@ class EngineWebSocket(WebSocketProtocol):
         socket = self.socket
         if socket.ws is not self:
             return
+        if self.peer_closed_with is not None:
+            socket.peer_close_code = self.peer_closed_with
         socket.ws = None
         if self.state != "open":  # an upgrade that did not finish: the client stays on polling
             socket.upgrading = False
@@ -305,9 +324,14 @@ class PingScheduler:
     python-engineio re-arms a socket's ping only when its PONG comes, and checks the timeout only
     when it sends: a client that stops answering, while nothing is sent to it, would be kept
     forever (and counted online). Here the unanswered ping itself closes it ``timeout`` later.
+    ``position(socket)`` is what a ping marks: every event written to the socket before it (see
+    ``Connection.received_position``), or ``None``.
     """
 
-    def __init__(self, interval: float, timeout: float) -> None:
+    def __init__(
+        self, interval: float, timeout: float, position: Callable[[LeanSocket], str | None] = lambda _: None
+    ) -> None:
+        self.position = position
         self._pings: FixedDelay[LeanSocket] = FixedDelay(interval, self._ping)
         self._deadlines: FixedDelay[tuple[LeanSocket, float]] = FixedDelay(timeout, self._check)
 
@@ -316,6 +340,7 @@ class PingScheduler:
 
     async def _ping(self, socket: LeanSocket) -> None:
         if not socket.closing and not socket.closed:
+            socket.ping_mark = self.position(socket)
             socket.last_ping = sent = time.time()
             await socket.send(eio_packet.Packet(eio_packet.PING))
             self._deadlines.add((socket, sent))

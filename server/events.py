@@ -136,12 +136,32 @@ def joined(events: Sequence[Event], form: Form) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class OutgoingEvent:
-    """An event accepted by the admin API, before the backplane gives it an id."""
+    """An event accepted by the admin API, before the backplane gives it an id.
+
+    ``idempotency_key`` is the stored key (see ``idempotency_key``); ``version_key`` names the
+    entity whose ``version`` this event carries (``ver:TYPE:ENTITY``), both ``None`` when absent.
+    """
 
     type: str
     data_json: bytes
     rooms: tuple[str, ...]
     idempotency_key: str | None = None
+    version: int | None = None
+    version_key: str | None = None
 
     def with_id(self, event_id: str) -> Event:
         return Event(event_id, self.type, self.data_json, self.rooms)
+
+
+def idempotency_key(own: str | None, header: str | None, index: int) -> str | None:
+    """The key an event's idempotency is stored under, one namespace per source.
+
+    An event's own ``idempotencyKey`` is stored as it is (``idem:KEY``); a request's
+    ``Idempotency-Key`` header covers each of its events as ``idem-header:KEY#INDEX`` (index 0 for
+    a single event), so no header can ever answer for an event that carries its own key.
+    """
+    if own is not None:
+        return f"idem:{own}"
+    if header is not None:
+        return f"idem-header:{header}#{index}"
+    return None

@@ -11,13 +11,14 @@ import asyncio
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 from handlers.subscriptions import USER_PREFIX, user_room
 from server.auth import Identity
 from server.events import Event, EventBatch, EventId
+from server.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ class Connection(ABC):
         "closed",
         "identity",
         "rooms",
+        "start_position",
     )
 
     def __init__(self, identity: Identity, rate: float, burst: int) -> None:
@@ -57,10 +59,30 @@ class Connection(ABC):
         self._burst = float(burst)
         self._tokens = float(burst)
         self._refilled = time.monotonic()
+        # Where this connection started receiving (what it resumed from, or the stream's newest
+        # id at connect): its position until it answers a ping (see ``received_position``).
+        self.start_position: str | None = None
 
     @property
     def user_id(self) -> str:
         return self.identity.user_id
+
+    @property
+    def replaying(self) -> bool:
+        """Live events are held: what was delivered to the hub is not all in the socket yet."""
+        return self._held is not None
+
+    def acked_position(self) -> str | None:
+        """The hub's position when the last ping this client answered was written, if any."""
+        return None
+
+    def received_position(self) -> str | None:
+        """Up to where this client is known to have received (contract §7: resume without id).
+
+        Every event delivered to the hub before a ping was written into the socket ahead of it,
+        so once the client's pong arrives it has them all: the ping's position is certain.
+        """
+        return self.acked_position() or self.start_position
 
     def deliver(self, events: Sequence[Event]) -> None:
         """Send ``events`` (in id order, all addressed to this connection) in one write."""
@@ -88,7 +110,7 @@ class Connection(ABC):
                 pending.append(event)
                 last = event.sort_key
         if pending:
-            self.send_events(pending)
+            self.send_replay(pending)
         self._sent_up_to = last
 
     def allow_message(self) -> bool:
@@ -104,6 +126,12 @@ class Connection(ABC):
     @abstractmethod
     def send_events(self, events: Sequence[Event]) -> None:
         """Write the events' frames now, in order, in as few writes as the transport allows; never await."""
+
+    def send_replay(self, events: Sequence[Event]) -> None:
+        """Write what a reconnecting client missed. It may exceed the send buffer's bound, which
+        is for live traffic: the replay is bounded by the history, and a client closed for being
+        slow (1008) is replayed at least what it had not read, which is more than the bound."""
+        self.send_events(events)
 
     @abstractmethod
     def send_message(self, message: dict[str, Any]) -> None:
@@ -134,14 +162,62 @@ class UserCounts(Mapping[str, int]):
         return sum(1 for room in self._rooms if room.startswith(USER_PREFIX))
 
 
+def _log_delivered(events: Sequence[Event], connections: int) -> None:
+    """One line per batch written to local sockets: an event's id can be followed here from the
+    process that accepted it ("events accepted")."""
+    if log.isEnabledFor(logging.INFO):  # the fields cost something; skip them when not logged
+        log.info("events delivered", extra={"ids": [e.id for e in events], "connections": connections})
+
+
 class Hub:
-    def __init__(self) -> None:
+    def __init__(self, metrics: Metrics | None = None) -> None:
+        self.metrics = metrics or Metrics()
         self.rooms: dict[str, set[Connection]] = {}
         self.connections: set[Connection] = set()
         self.delivered = 0
         self.users = UserCounts(self.rooms)
         self._pending: list[Event] = []  # delivered at the next turn of the event loop
+        # The id of the last event delivered here: each connection has it, or a later event,
+        # in its socket (one assignment per batch, not per connection; see received_position).
+        self.position: str | None = None
+        # The last events delivered here, when kept (``keep_recent``): a reconnect storm replays
+        # from them instead of each client reading the shared history again (Redis).
+        self.recent: deque[Event] | None = None
         self._by_transport: Counter[str] = Counter()
+
+    def keep_recent(self, count: int) -> None:
+        self.recent = deque(maxlen=count) if count > 0 else None
+
+    def recent_since(
+        self, after: EventId, rooms: Collection[str], first: EventId | None = None
+    ) -> list[Event] | None:
+        """The kept events after ``after`` addressed to ``rooms``, oldest first; ``None`` when
+        some of the events after ``after`` may not be kept (the shared history must answer).
+
+        ``first``: every event after it reached this hub (where the backplane's tail started).
+        Every event after the first kept one is kept too (the tail delivers all, in order), so
+        this is what the history would give, minus what the tail has not delivered yet: that
+        reaches the client live (it is in its rooms, held, before this is read).
+        """
+        recent = self.recent
+        if recent is None:
+            return None
+        full = len(recent) == recent.maxlen
+        covered_from = recent[0].sort_key if recent else None
+        if not full and first is not None:
+            covered_from = first
+        newest = recent[-1].sort_key if recent else covered_from
+        if covered_from is None or newest is None or not covered_from <= after <= newest:
+            return None  # older than what is kept, or newer than this tail: the history decides
+        wanted = set(rooms)
+        missed = []
+        for event in reversed(recent):
+            if event.sort_key <= after:
+                break
+            if not wanted.isdisjoint(event.rooms):
+                missed.append(event)
+        missed.reverse()
+        return missed
 
     def add(self, conn: Connection, rooms: Iterable[str]) -> None:
         self.connections.add(conn)
@@ -186,6 +262,9 @@ class Hub:
         events, self._pending = self._pending, []
         if events:
             self._deliver_now(events)
+            self.position = events[-1].id
+            if self.recent is not None:
+                self.recent.extend(events)
 
     def _deliver_now(self, events: list[Event]) -> None:
         rooms = events[0].rooms
@@ -195,10 +274,17 @@ class Hub:
             for conn in targets:
                 conn.deliver(batch)
             self.delivered += len(targets) * len(events)
+            if targets:
+                self.metrics.delivered(events)
+                _log_delivered(events, len(targets))
             return
         per_connection: dict[Connection, list[Event]] = {}
+        reached: list[Event] = []  # events some local connection was in the rooms of
         for event in events:
-            for conn in self._targets(event.rooms):
+            targets = self._targets(event.rooms)
+            if targets:
+                reached.append(event)
+            for conn in targets:
                 if conn in per_connection:
                     per_connection[conn].append(event)
                 else:
@@ -206,6 +292,9 @@ class Hub:
         for conn, mine in per_connection.items():
             conn.deliver(mine)
             self.delivered += len(mine)
+        self.metrics.delivered(reached)
+        if reached:
+            _log_delivered(reached, len(per_connection))
 
     def _targets(self, event_rooms: tuple[str, ...]) -> Collection[Connection]:
         """The connections in any of ``event_rooms``, each once.

@@ -39,6 +39,22 @@ class TextFormatter(logging.Formatter):
         return f"{line} {extras}" if extras else line
 
 
+class MalformedRequestFilter(logging.Filter):
+    """aiohttp logs a request its parser refuses (a client's fault, already answered 400) as an
+    error with a traceback: any client could fill the logs with them. One info line instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from aiohttp.http_exceptions import HttpProcessingError
+
+        error = record.exc_info[1] if record.exc_info else None
+        if not isinstance(error, HttpProcessingError):
+            return True
+        record.msg, record.args = "malformed HTTP request refused (%s): %s", (error.code, error.message)
+        record.exc_info, record.exc_text = None, None
+        record.levelno, record.levelname = logging.INFO, "INFO"
+        return logging.getLogger(record.name).isEnabledFor(logging.INFO)
+
+
 def configure_logging(level: str, fmt: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
@@ -51,6 +67,9 @@ def configure_logging(level: str, fmt: str) -> None:
     # Per-packet chatter from the protocol libraries is never wanted above debug.
     for noisy in ("engineio", "socketio", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, MalformedRequestFilter) for f in server_log.filters):
+        server_log.addFilter(MalformedRequestFilter())
     logging.captureWarnings(True)
 
     # What the interpreter would print to stderr by itself goes through the log format too, so

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,6 +13,8 @@ from server.backplane.base import Backplane, BackplaneUnavailable, HistoryExpire
 from server.config import Settings
 from server.events import Event, EventId, OutgoingEvent, parse_event_id
 from server.hub import CLOSE_KICKED, Connection, Hub
+from server.metrics import Metrics
+from server.resume import ResumeBook
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +26,8 @@ class Resume:
     """What a connecting client gets before live events: a resync notice or the events it missed."""
 
     after: EventId | None = None
+    after_id: str | None = None  # ``after`` as sent: the client's id, or the server's resume point
+    by_server: bool = False  # resumed from where an earlier connection dropped (no id sent)
     missed: list[Event] = field(default_factory=list)
     resync_reason: str | None = None
     position: str | None = None  # where a client that saw nothing can resume from
@@ -34,22 +38,38 @@ class Resume:
 
 
 class Node:
-    def __init__(self, settings: Settings, backplane: Backplane) -> None:
+    def __init__(self, settings: Settings, backplane: Backplane, metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.name = settings.node_name
         self.backplane = backplane
-        self.hub = Hub()
+        self.metrics = metrics or Metrics()
+        self.hub = Hub(self.metrics)
+        if backplane.shares_processes:  # the memory backplane's history is local already
+            self.hub.keep_recent(settings.history.max_events)
+        self.metrics.watch(self)
+        # Called with every batch of events this process receives (the dashboard's tail, while open).
+        self.taps: list[Callable[[Sequence[Event]], None]] = []
         self.events_accepted = 0
+        self.resume_book = ResumeBook(
+            backplane, self.hub, settings.history.resume_window_seconds, settings.websocket.heartbeat_seconds
+        )
 
     async def start(self) -> None:
-        await self.backplane.start(self.hub.deliver, self._on_command, self.report)
+        await self.backplane.start(self._received, self._on_command, self.report)
+        self.resume_book.start()
         log.info(
             "node started",
             extra={"node": self.name, "backplane": self.backplane.name},
         )
 
     async def stop(self) -> None:
+        self.resume_book.stop()
         await self.backplane.stop()
+
+    def _received(self, events: Sequence[Event]) -> None:
+        self.hub.deliver(events)
+        for tap in self.taps:
+            tap(events)
 
     def report(self) -> NodeReport:
         hub = self.hub
@@ -60,17 +80,27 @@ class Node:
             users=hub.users,
             events_delivered=hub.delivered,
             events_accepted=self.events_accepted,
+            latency=self.metrics.latency_counts(),
         )
 
     # --- publishing -----------------------------------------------------------------------
 
-    async def publish(self, events: Sequence[OutgoingEvent]) -> list[str]:
+    async def publish(self, events: Sequence[OutgoingEvent]) -> list[str | None]:
+        """Each event's id, or ``None`` for one dropped as stale (its version is not the newest)."""
         ids = await self.backplane.publish(events)
-        self.events_accepted += len(events)
+        accepted = sum(1 for event_id in ids if event_id is not None)
+        self.events_accepted += accepted
+        self.metrics.accepted(events, ids)
         if log.isEnabledFor(logging.INFO):  # the fields cost something; skip them when not logged
             log.info(
                 "events accepted",
-                extra={"count": len(events), "types": sorted({e.type for e in events}), "first_id": ids[0]},
+                # Every id, so that one event can be followed to the processes that deliver it.
+                extra={
+                    "count": accepted,
+                    "stale": len(ids) - accepted,
+                    "types": sorted({e.type for e in events}),
+                    "ids": ids,
+                },
             )
         return ids
 
@@ -91,26 +121,48 @@ class Node:
 
     # --- connections ----------------------------------------------------------------------
 
-    async def connect(self, conn: Connection, rooms: Sequence[str], last_event_id: str | None) -> Resume:
+    async def connect(
+        self,
+        conn: Connection,
+        rooms: Sequence[str],
+        last_event_id: str | None,
+        resume_without_id: bool = False,
+    ) -> Resume:
         """Put ``conn`` in its rooms (live events are held) and find what it missed.
 
+        ``resume_without_id``: the client sent no position at all, so it continues where a
+        connection of its user and role dropped within the resume window, if one did (§7).
         The transport then sends its own first message and calls ``resume``.
         """
         self.hub.add(conn, rooms)
         self.backplane.mark_user(conn.user_id)
         resume = Resume()
+        point = None
         try:
-            resume.position = await self.backplane.position()
+            if resume_without_id and last_event_id is None and self.resume_book.enabled:
+                resume.position, point = await self.backplane.start_position(conn.user_id, conn.identity.role)
+            else:
+                resume.position = await self.backplane.position()
         except BackplaneUnavailable:
             resume.position = None
+        if last_event_id is None and point is not None:
+            last_event_id, resume.by_server = point, True
         if last_event_id is not None:
-            resume.after = parse_event_id(last_event_id)
+            resume.after, resume.after_id = parse_event_id(last_event_id), last_event_id
+            recent = None
+            if resume.after is not None:
+                recent = self.hub.recent_since(resume.after, conn.rooms, self.backplane.tail_start)
             try:
-                resume.missed = await self.backplane.history(last_event_id, conn.rooms)
+                if recent is not None:
+                    resume.missed = recent
+                else:
+                    resume.missed = await self.backplane.history(last_event_id, conn.rooms)
             except HistoryExpired:
                 resume.resync_reason = "history_expired"
             except BackplaneUnavailable:
                 resume.resync_reason = "history_unavailable"
+        conn.start_position = resume.after_id if resume.recovered else resume.position
+        self.resume_book.started(conn)
         log.info(
             "client connected",
             extra={
@@ -118,6 +170,7 @@ class Node:
                 "userId": conn.user_id,
                 "role": conn.identity.role,
                 "resumed": resume.recovered,
+                "by_server": resume.by_server,
                 "missed": len(resume.missed),
             },
         )
@@ -130,14 +183,16 @@ class Node:
         else:
             conn.release(resume.missed, resume.after)
 
-    def disconnect(self, conn: Connection, reason: str) -> None:
+    def disconnect(self, conn: Connection, reason: str, code: int | None = None) -> None:
+        """``conn`` is gone; ``code`` is how it closed (``None``: no close code, e.g. a lost network)."""
         if conn not in self.hub.connections:
             return
         self.hub.remove(conn)
         self.backplane.mark_user(conn.user_id)
+        self.resume_book.ended(conn, code)
         log.info(
             "client disconnected",
-            extra={"transport": conn.transport, "userId": conn.user_id, "reason": reason},
+            extra={"transport": conn.transport, "userId": conn.user_id, "reason": reason, "code": code},
         )
 
     def staff_rooms(self, identity: Identity) -> list[str]:

@@ -19,6 +19,14 @@ def _error(description: str) -> dict[str, Any]:
     return {"description": description, **_json("Error")}
 
 
+# Every /api/v1/ route can answer these, whatever it does (found by the schemathesis run).
+_EVERY_ROUTE = {
+    "401": _error("Missing or wrong API key"),
+    "503": _error("The backplane (Redis) is unreachable; retry after Retry-After seconds"),
+}
+_BAD_USER_ID = {"400": _error("userId is not 1-128 letters, digits or _.:@-")}
+
+
 def build_openapi(catalogue: Catalogue) -> dict[str, Any]:
     spec = APISpec(
         title="Realtime server admin API",
@@ -80,18 +88,23 @@ def build_openapi(catalogue: Catalogue) -> dict[str, Any]:
         operations={
             "get": {
                 "summary": "Connections and events, cluster-wide",
-                "responses": {"200": {"description": "Stats", **_json("Stats")}},
+                "responses": {"200": {"description": "Stats", **_json("Stats")}, **_EVERY_ROUTE},
             }
         },
     )
-    user_param = [{"in": "path", "name": "userId", "required": True, "schema": {"type": "string"}}]
+    user_id = {"type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[A-Za-z0-9_.:@-]+$"}
+    user_param = [{"in": "path", "name": "userId", "required": True, "schema": user_id}]
     spec.path(
         path="/api/v1/presence/users/{userId}",
         operations={
             "get": {
                 "summary": "Is the user connected anywhere",
                 "parameters": user_param,
-                "responses": {"200": {"description": "Presence", **_json("Presence")}},
+                "responses": {
+                    "200": {"description": "Presence", **_json("Presence")},
+                    **_BAD_USER_ID,
+                    **_EVERY_ROUTE,
+                },
             }
         },
     )
@@ -101,7 +114,11 @@ def build_openapi(catalogue: Catalogue) -> dict[str, Any]:
             "post": {
                 "summary": "Close the user's connections on every node (4001)",
                 "parameters": user_param,
-                "responses": {"200": {"description": "How many", **_json("Disconnected")}},
+                "responses": {
+                    "200": {"description": "How many", **_json("Disconnected")},
+                    **_BAD_USER_ID,
+                    **_EVERY_ROUTE,
+                },
             }
         },
     )

@@ -6,7 +6,7 @@ from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
-from handlers.catalogue import StrictBoolean
+from handlers.catalogue import StrictBoolean, StrictInteger
 from handlers.subscriptions import valid_id
 
 
@@ -37,6 +37,8 @@ class EventSchema(Strict):
     data = fields.Dict(required=True)
     to = fields.Nested(AudienceSchema)
     idempotencyKey = fields.String(validate=validate.Length(min=1, max=255))
+    # The entity's version at the publisher: an event not above the last accepted one is stale.
+    version = StrictInteger(validate=validate.Range(min=0))
 
 
 class BatchSchema(Strict):
@@ -45,7 +47,8 @@ class BatchSchema(Strict):
 
 class AcceptedSchema(Schema):
     accepted = fields.Integer(required=True)
-    ids = fields.List(fields.String(), required=True)
+    ids = fields.List(fields.String(allow_none=True), required=True)  # null: dropped as stale
+    stale = fields.List(fields.Integer())  # indexes of the events dropped as stale, when any
 
 
 class ErrorSchema(Schema):

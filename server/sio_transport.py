@@ -109,12 +109,14 @@ class RealtimeServer(socketio.AsyncServer):  # type: ignore[misc]
             return True
         return self._check_overflow(socket, socket.send_message(payload, self.send_buffer_bytes))
 
-    def write_events(self, eio_sid: str, events: Sequence[Event]) -> bool:
-        """Send the events, in one write when on WebSocket; False as for ``write``."""
+    def write_events(self, eio_sid: str, events: Sequence[Event], bounded: bool = True) -> bool:
+        """Send the events, in one write when on WebSocket; False as for ``write`` (``bounded``:
+        a replay is not, see ``Connection.send_replay``)."""
         socket = self.socket(eio_sid)
         if socket is None:
             return True
-        return self._check_overflow(socket, socket.send_events(events, self.send_buffer_bytes))
+        limit = self.send_buffer_bytes if bounded else None
+        return self._check_overflow(socket, socket.send_events(events, limit))
 
     def _check_overflow(self, socket: eio.LeanSocket, ok: bool) -> bool:
         if not ok and socket.ws is None:
@@ -179,7 +181,7 @@ class RealtimeServer(socketio.AsyncServer):  # type: ignore[misc]
 
 class SocketIOConnection(Connection):
     transport = "socketio"
-    __slots__ = ("eio_sid", "node", "pid", "server", "sid")
+    __slots__ = ("close_code", "eio_sid", "eio_socket", "node", "pid", "server", "sid")
 
     def __init__(
         self, server: RealtimeServer, node: Node, sid: str, eio_sid: str, identity: Identity
@@ -190,11 +192,17 @@ class SocketIOConnection(Connection):
         self.node = node
         self.sid = sid
         self.eio_sid = eio_sid
+        self.eio_socket = server.socket(eio_sid)
         self.pid = ""
+        self.close_code: int | None = None  # the code we closed it with, if we did
 
     def send_events(self, events: Sequence[Event]) -> None:
         if not self.server.write_events(self.eio_sid, events):
-            self.closed = True  # closing for not reading: nothing more is sent
+            self.closed = True  # closed for not reading (logged where that was found)
+            self.node.metrics.slow_consumer(self.transport)
+
+    def send_replay(self, events: Sequence[Event]) -> None:
+        self.server.write_events(self.eio_sid, events, bounded=False)
 
     def send_message(self, message: dict[str, Any]) -> None:
         payload = socketio.packet.Packet(
@@ -202,10 +210,14 @@ class SocketIOConnection(Connection):
         ).encode()
         self.server.write(self.eio_sid, payload.encode())
 
+    def acked_position(self) -> str | None:
+        return self.eio_socket.acked if self.eio_socket is not None else None
+
     def close(self, code: int, reason: str) -> None:
         if self.closed:
             return
         self.closed = True
+        self.close_code = code
         if code in FINAL_CLOSES:
             # Meant to be final: tell socket.io-client so (``io server disconnect``).
             spawn(self._kick(code, reason))
@@ -235,7 +247,9 @@ class SocketIOEndpoint:
             cors_allowed_origins=self._origin_allowed,
             connect_timeout=ws.connect_timeout_seconds,
             ping_interval=ws.heartbeat_seconds,
-            ping_timeout=ws.heartbeat_timeout_seconds,
+            # A client that stops answering pings is dropped (and resumed when it returns) within
+            # heartbeat + timeout, as on plain WS (see eio.PingScheduler).
+            ping_timeout=min(ws.heartbeat_timeout_seconds, ws.heartbeat_seconds),
             max_http_buffer_size=ws.max_message_bytes,
             http_compression=False,
             # Loggers of our own (not False): given False, each library adds a stderr handler of
@@ -249,6 +263,14 @@ class SocketIOEndpoint:
         self.server.on("unsubscribe", self.on_unsubscribe)
         self.server.on("refresh", self.on_refresh)
         self.server.on("*", self.on_other)
+        self.server.eio.pings.position = self._ping_position
+
+    def _ping_position(self, socket: eio.LeanSocket) -> str | None:
+        """What a ping marks: the hub's position, unless the client's replay is still under way."""
+        conn = socket.connection
+        if conn is None or conn.replaying:
+            return None
+        return self.node.hub.position
 
     def _origin_allowed(self, origin: str | None, environ: dict[str, Any]) -> bool:
         """A WebSocket upgrade is let through: its CONNECT is refused with "forbidden" instead."""
@@ -265,21 +287,29 @@ class SocketIOEndpoint:
 
     async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any) -> None:
         try:
-            identity, rooms, after, pid = await self._admit(environ, auth)
+            identity, rooms, after, pid, sent_position = await self._admit(environ, auth)
         except AuthError as exc:
             log.info("socket.io refused", extra={"reason": exc.message, "kind": exc.kind})
+            self.node.metrics.refused(SocketIOConnection.transport, exc.kind)
             raise socketio.exceptions.ConnectionRefusedError(exc.kind, {"reason": exc.message}) from None
         eio_sid = self.server.manager.eio_sid_from_sid(sid, NAMESPACE)
         conn = SocketIOConnection(self.server, self.node, sid, eio_sid, identity)
         self.connections[sid] = conn
-        resume = await self.node.connect(conn, rooms, after)
-        conn.pid = pid if resume.recovered else secrets.token_urlsafe(12)
+        if conn.eio_socket is not None:
+            conn.eio_socket.connection = conn
+        resume = await self.node.connect(conn, rooms, after, resume_without_id=not sent_position)
+        # Each session its own pid: the client's own when its session was restored, else a new one.
+        conn.pid = pid if pid and resume.recovered else secrets.token_urlsafe(12)
         self.server.pids[sid] = conn.pid
         self.server.pending[sid] = (conn, resume)
         self.authenticator.watch(conn)
         await self._save_session(conn)
 
-    async def _admit(self, environ: dict[str, Any], auth: Any) -> tuple[Identity, list[str], str | None, str]:
+    async def _admit(
+        self, environ: dict[str, Any], auth: Any
+    ) -> tuple[Identity, list[str], str | None, str, bool]:
+        """Identity, rooms, the id to resume after, the session's pid, and whether the client sent
+        any position at all (``lastEventId``, ``pid`` or ``offset``)."""
         if auth is None:
             auth = {}
         if not isinstance(auth, dict):
@@ -308,6 +338,7 @@ class SocketIOEndpoint:
             raise AuthError("bad_request", "auth.stores must be a list of store ids")
         after: str | None = auth.get("lastEventId")
         pid: str = auth.get("pid") or ""
+        sent_position = bool(after or pid or auth.get("offset"))
         if pid and auth.get("offset"):
             # socket.io-client's own recovery: restore the session's stores, resume after offset.
             session = await self.node.backplane.load_session(pid)
@@ -324,7 +355,7 @@ class SocketIOEndpoint:
             )
         except SubscriptionError as exc:
             raise AuthError("bad_request", str(exc)) from None
-        return identity, rooms, after, pid
+        return identity, rooms, after, pid, sent_position
 
     async def _save_session(self, conn: SocketIOConnection) -> None:
         stores = viewed_stores(conn.rooms)
@@ -343,11 +374,21 @@ class SocketIOEndpoint:
         self.server.pending.pop(sid, None)
         if conn is not None:
             conn.closed = True
-            self.node.disconnect(conn, str(reason))
+            if conn.eio_socket is not None:
+                conn.eio_socket.connection = None
+            self.node.disconnect(conn, str(reason), self._close_code(conn, reason))
             sock = self.server.socket(conn.eio_sid)
             if sock is not None and not sock.upgraded:
                 # Answer a long-poll still waiting, or it (and the client) hangs for ping_timeout.
                 sock.queue.put_nowait(eio_packet.Packet(eio_packet.NOOP))
+
+    def _close_code(self, conn: SocketIOConnection, reason: Any) -> int | None:
+        """How the connection ended, as a WebSocket close code (``None``: dropped, timed out)."""
+        if conn.close_code is not None:  # we closed it: restart, slow consumer, kicked...
+            return conn.close_code
+        if reason == self.server.reason.CLIENT_DISCONNECT:  # a Socket.IO DISCONNECT from the client
+            return CLOSE_NORMAL
+        return conn.eio_socket.peer_close_code if conn.eio_socket is not None else None
 
     async def on_subscribe(self, sid: str, data: Any = None) -> dict[str, Any]:
         return await self._change(sid, data, subscribe=True)

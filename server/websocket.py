@@ -17,6 +17,7 @@ import hashlib
 import logging
 import struct
 import zlib
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from aiohttp import web
@@ -189,9 +190,13 @@ class WebSocketProtocol(asyncio.Protocol):
         "_fragments",
         "_heard",
         "_inflate",
+        "_ping_mark",
+        "_ping_payload",
+        "acked",
         "deflate",
         "head",
         "max_message_bytes",
+        "peer_closed_with",
         "send_limit",
         "transport",
     )
@@ -219,6 +224,12 @@ class WebSocketProtocol(asyncio.Protocol):
         self._close_code: int | None = None
         self._heard = True  # anything received since the last heartbeat
         self.head = b""  # the handshake's answer, held for the first write (``take_over``)
+        # The last ping's payload and what it marks (see ``Heartbeat``); ``acked``: the mark of
+        # the last ping the client answered.
+        self._ping_payload: bytes | None = None
+        self._ping_mark: str | None = None
+        self.acked: str | None = None
+        self.peer_closed_with: int | None = None  # the code of a close the client started
 
     # --- asyncio.Protocol --------------------------------------------------------------------
 
@@ -290,7 +301,10 @@ class WebSocketProtocol(asyncio.Protocol):
                 self._closed_by_peer(payload)
             elif opcode == OP_PING:
                 self.write(frame(OP_PONG, payload))
-            elif opcode != OP_PONG:
+            elif opcode == OP_PONG:
+                if payload == self._ping_payload and self._ping_mark is not None:
+                    self.acked = self._ping_mark
+            else:
                 self._fail(CLOSE_PROTOCOL_ERROR, "unknown opcode")
             return
         if opcode == OP_CONTINUATION:
@@ -358,6 +372,7 @@ class WebSocketProtocol(asyncio.Protocol):
                 return
         if self._close_code is None:
             self._close_code = code
+            self.peer_closed_with = code
         if not self._close_sent:
             # Echo it (RFC 6455 §5.5.1); a 1005 ("no status") is never sent on the wire.
             self.write(frame(OP_CLOSE, payload[:2] if code != CLOSE_NO_STATUS else b""))
@@ -377,9 +392,10 @@ class WebSocketProtocol(asyncio.Protocol):
 
     # --- to the client -----------------------------------------------------------------------
 
-    def write(self, data: bytes) -> bool:
+    def write(self, data: bytes, bounded: bool = True) -> bool:
         """Queue ``data`` for the client; False once it is closing, e.g. because its unsent bytes
-        passed ``send_limit`` (``on_overflow``)."""
+        passed ``send_limit`` (``on_overflow``). ``bounded=False``: this write may pass it (a
+        replay, see ``Connection.send_replay``)."""
         transport = self.transport
         if transport is None or self._close_sent:
             return False
@@ -387,7 +403,7 @@ class WebSocketProtocol(asyncio.Protocol):
             data = self.head + data
             self.head = b""
         transport.write(data)
-        if transport.get_write_buffer_size() > self.send_limit:
+        if bounded and transport.get_write_buffer_size() > self.send_limit:
             self.on_overflow()
             return False
         return True
@@ -424,15 +440,26 @@ class WebSocketProtocol(asyncio.Protocol):
             self.transport.write(self.head)
         self.head = b""
 
-    def ping(self) -> bool:
-        """Ping the client; False if it has sent nothing since the last ping (it is then cut off)."""
-        if not self._heard:
-            if self.transport is not None:
-                self.transport.abort()
+    def ping(self, ping_frame: bytes, payload: bytes, mark: str | None) -> bool:
+        """Ping the client; False if it has sent nothing since the last ping (it is then cut off).
+
+        ``ping_frame`` carries ``payload``; a pong with that payload proves the client has read
+        everything written before the ping, which ``mark`` names (it becomes ``acked``).
+        """
+        if not self.answered():
             return False
         self._heard = False
-        self.write(frame(OP_PING, b""))
+        self._ping_payload, self._ping_mark = payload, mark
+        self.write(ping_frame)
         return True
+
+    def answered(self) -> bool:
+        """Whether the client sent anything since the last ping; if not, it is cut off."""
+        if self._heard:
+            return True
+        if self.transport is not None:
+            self.transport.abort()
+        return False
 
     # --- for subclasses ----------------------------------------------------------------------
 
@@ -455,13 +482,21 @@ class WebSocketProtocol(asyncio.Protocol):
 class Heartbeat:
     """Pings every connection registered with it each ``interval`` seconds, from one task.
 
-    A connection that sent nothing (no pong, no message) between two pings is cut off.
+    A connection that sent nothing (no pong, no message) within ``timeout`` of a ping is cut off:
+    a client that vanished without a close is gone within ``interval + timeout``. Each round's
+    ping carries the round's number and marks ``position()`` (the last event written to every
+    client): one value and one frame per round, nothing per connection.
     """
 
-    def __init__(self, interval: float) -> None:
+    def __init__(
+        self, interval: float, timeout: float | None = None, position: Callable[[], str | None] = lambda: None
+    ) -> None:
         self.interval = interval
+        self.timeout = min(timeout if timeout is not None else interval, interval)
+        self.position = position
         self.members: set[WebSocketProtocol] = set()
         self._task: asyncio.Task[None] | None = None
+        self._round = 0
 
     def add(self, protocol: WebSocketProtocol) -> None:
         self.members.add(protocol)
@@ -473,9 +508,17 @@ class Heartbeat:
 
     async def _run(self) -> None:
         while self.members:
-            await asyncio.sleep(self.interval)
-            for protocol in list(self.members):
-                if not protocol.ping():
+            await asyncio.sleep(self.interval - self.timeout)
+            self._round += 1
+            payload = str(self._round).encode()
+            ping_frame, mark = frame(OP_PING, payload), self.position()
+            pinged = list(self.members)
+            for protocol in pinged:
+                if not protocol.ping(ping_frame, payload, mark):
+                    self.members.discard(protocol)
+            await asyncio.sleep(self.timeout)
+            for protocol in pinged:  # pinged ``timeout`` ago and silent since: cut off
+                if protocol in self.members and not protocol.answered():
                     self.members.discard(protocol)
         self._task = None
 

@@ -17,6 +17,7 @@ from server.events import WS_FRAME, WS_FRAME_DEFLATED, Event, joined
 from server.hub import CLOSE_RATE_LIMITED, CLOSE_SLOW_CONSUMER, Connection
 from server.node import Node
 from server.websocket import (
+    CLOSE_ABNORMAL,
     CLOSE_INTERNAL_ERROR,
     Heartbeat,
     TakenOver,
@@ -45,10 +46,10 @@ class _Socket(WebSocketProtocol):
         self.connection = connection
 
     def on_overflow(self) -> None:
-        log.warning(
-            "slow consumer closed", extra={"userId": self.connection.user_id, "transport": "websocket"}
-        )
-        self.connection.close(CLOSE_SLOW_CONSUMER, "slow consumer")
+        connection = self.connection
+        log.warning("slow consumer closed", extra={"userId": connection.user_id, "transport": "websocket"})
+        connection._endpoint.node.metrics.slow_consumer(connection.transport)
+        connection.close(CLOSE_SLOW_CONSUMER, "slow consumer")
 
     def on_message(self, data: str | bytes) -> None:
         self.connection.received(data)
@@ -70,6 +71,11 @@ class WebSocketConnection(Connection):
     def send_events(self, events: Sequence[Event]) -> None:
         self._write(joined(events, WS_FRAME_DEFLATED if self.socket.deflate else WS_FRAME))
 
+    def send_replay(self, events: Sequence[Event]) -> None:
+        if not self.closed:
+            frames = joined(events, WS_FRAME_DEFLATED if self.socket.deflate else WS_FRAME)
+            self.socket.write(frames, bounded=False)
+
     def send_message(self, message: dict[str, Any]) -> None:
         self._write(text_frame(orjson.dumps(message)))
 
@@ -81,6 +87,9 @@ class WebSocketConnection(Connection):
         if not self.closed:
             self.closed = True
             self.socket.close(code, reason)
+
+    def acked_position(self) -> str | None:
+        return self.socket.acked
 
     def received(self, data: str | bytes) -> None:
         if self.closed:
@@ -105,7 +114,9 @@ class WebSocketEndpoint:
         self.node = node
         self.authenticator = authenticator
         self.settings = settings
-        self.heartbeat = Heartbeat(settings.heartbeat_seconds)
+        self.heartbeat = Heartbeat(
+            settings.heartbeat_seconds, settings.heartbeat_timeout_seconds, lambda: node.hub.position
+        )
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         response, deflate = handshake(request, self.settings.compression)
@@ -115,6 +126,7 @@ class WebSocketEndpoint:
             identity, rooms = await self._admit(request)
         except AuthError as exc:
             log.info("websocket refused", extra={"reason": exc.message, "code": exc.close_code})
+            self.node.metrics.refused(WebSocketConnection.transport, exc.kind)
             if _gone(request):
                 return TakenOver()
             socket = WebSocketProtocol(self.settings.max_message_bytes)
@@ -149,11 +161,11 @@ class WebSocketEndpoint:
 
     def gone(self, conn: WebSocketConnection, code: int) -> None:
         self.heartbeat.discard(conn.socket)
-        self.node.disconnect(conn, f"closed {code}")
+        self.node.disconnect(conn, f"closed {code}", None if code == CLOSE_ABNORMAL else code)
 
     async def _greet(self, conn: WebSocketConnection, rooms: list[str], last_event_id: str | None) -> None:
         """Join the rooms, send ``connected``, then what was missed; the replay is not kept after."""
-        resume = await self.node.connect(conn, rooms, last_event_id)
+        resume = await self.node.connect(conn, rooms, last_event_id, resume_without_id=last_event_id is None)
         conn.send_message(
             {
                 "type": "connected",
@@ -161,7 +173,8 @@ class WebSocketEndpoint:
                     "userId": conn.identity.user_id,
                     "role": conn.identity.role,
                     "rooms": sorted(conn.rooms),
-                    "lastEventId": last_event_id if resume.recovered else resume.position,
+                    "lastEventId": resume.after_id if resume.recovered else resume.position,
+                    "resumed": resume.recovered,
                 },
             }
         )

@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,8 +56,9 @@ class Exited:
 
 
 class ServerProcess:
-    def __init__(self, env: Mapping[str, str | None] | None = None) -> None:
+    def __init__(self, env: Mapping[str, str | None] | None = None, args: Sequence[str] = ()) -> None:
         self.env = server_env(env)
+        self.args = list(args)  # after ``python -m server``, e.g. ["serve"]
         self.host = self.env.get("HOST", "0.0.0.0")
         self.port = int(self.env["PORT"]) if self.env.get("PORT", "").isdigit() else 3000
         # Closed by ``close``: they outlive the process, so that its output can be read after it.
@@ -74,7 +75,7 @@ class ServerProcess:
     def start(self) -> ServerProcess:
         self.started = time.monotonic()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "server"],
+            [sys.executable, "-m", "server", *self.args],
             cwd=REPO,
             env=self.env,
             stdin=subprocess.DEVNULL,

@@ -140,11 +140,17 @@ async def test_body_over_a_configured_limit_is_413_and_delivers_nothing(
     await watchers.close()
 
 
-async def test_body_over_the_default_one_mebibyte_is_413(live: Live, watchers: Watchers) -> None:
+async def test_body_over_the_default_one_mebibyte_is_413(
+    start_server: StartServer, settings_for: Callable[..., Settings]
+) -> None:
+    # One event of 1 MiB: over the default admin.max_event_bytes, which is not what this tests.
+    live = await start_server(settings_for(admin={"max_event_bytes": 2 * 1024 * 1024}))
+    watchers = await Watchers.open(live, {"alice": [], "carol": ["s1"]})
     status, _, body = await post_raw(live, _big_body(1024 * 1024))
     assert status == 202, body  # the limit itself is allowed
     await watchers.drain(1)
     await refused(live, watchers, await post_raw(live, _big_body(1024 * 1024 + 1)), 413, "payload_too_large")
+    await watchers.close()
 
 
 @pytest.mark.parametrize(
@@ -646,7 +652,7 @@ async def test_openapi_document_is_valid_openapi_3_with_every_route(live: Live) 
             target = target[part]
     # The schemas are those that validate requests: the event's fields and each type's data.
     schemas = doc["components"]["schemas"]
-    assert set(schemas["Event"]["properties"]) == {"type", "data", "to", "idempotencyKey"}
+    assert set(schemas["Event"]["properties"]) == {"type", "data", "to", "idempotencyKey", "version"}
     assert set(schemas["Event"]["required"]) == {"type", "data"}
     assert set(schemas["Audience"]["properties"]) == {"users", "stores", "staff", "roles", "global"}
     assert set(schemas["data_order_updated"]["required"]) == {"orderId", "order"}

@@ -132,10 +132,12 @@ async def test_a_socket_io_client_that_answers_pings_stays(
     start_server: StartServer, settings_for: Callable[..., Settings]
 ) -> None:
     live = await start_server(
-        settings_for(websocket={"heartbeat_seconds": 0.2, "heartbeat_timeout_seconds": 0.3})
+        settings_for(websocket={"heartbeat_seconds": 1, "heartbeat_timeout_seconds": 2})
     )
     client = await live.sio({"token": make_token("u1")})
-    await asyncio.sleep(1.5)  # several ping rounds, each answered by python-socketio's client
-    assert client.client.connected
+    # Several ping rounds, each answered by python-socketio's client (whole seconds: python-engineio
+    # announces the interval to clients in whole seconds).
+    await asyncio.sleep(3.5)
+    assert client.client.connected, client.disconnect_reasons
     assert len(live.node.hub.connections) == 1
     await client.close()

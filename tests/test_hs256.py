@@ -31,12 +31,12 @@ def forged(header: Any, claims: Any, secret: str = SECRET, raw_claims: bytes | N
 
 
 HS = {"alg": "HS256", "typ": "JWT"}
-GOOD = {"sub": "u1", "role": "customer", "exp": int(NOW) + 600, "stores": ["s1"]}
+GOOD = {"sub": "u1", "role": "customer", "exp": int(NOW) + 86400, "stores": ["s1"]}
 
 ACCEPTED = {
     "plain": jwt.encode(GOOD, SECRET),
     "with iat and nbf in the past": jwt.encode({**GOOD, "iat": int(NOW) - 5, "nbf": int(NOW) - 5}, SECRET),
-    "float exp": forged(HS, {**GOOD, "exp": NOW + 600.5}),
+    "float exp": forged(HS, {**GOOD, "exp": NOW + 86400.5}),
     "with kid": jwt.encode(GOOD, SECRET, headers={"kid": "k1"}),
     "no typ": forged({"alg": "HS256"}, GOOD),
     "jti string": jwt.encode({**GOOD, "jti": "abc"}, SECRET),
@@ -44,10 +44,10 @@ ACCEPTED = {
 REFUSED_BY_BOTH = {
     "expired": jwt.encode({**GOOD, "exp": int(NOW) - 1}, SECRET),
     "expires now": jwt.encode({**GOOD, "exp": int(NOW) - 0.2}, SECRET),
-    "not yet valid (nbf)": jwt.encode({**GOOD, "nbf": int(NOW) + 60}, SECRET),
-    "issued in the future": jwt.encode({**GOOD, "iat": int(NOW) + 60}, SECRET),
+    "not yet valid (nbf)": jwt.encode({**GOOD, "nbf": int(NOW) + 86400}, SECRET),
+    "issued in the future": jwt.encode({**GOOD, "iat": int(NOW) + 86400}, SECRET),
     "wrong secret": jwt.encode(GOOD, SECRET + "x"),
-    "no sub": jwt.encode({"exp": int(NOW) + 600}, SECRET),
+    "no sub": jwt.encode({"exp": int(NOW) + 86400}, SECRET),
     "no exp": jwt.encode({"sub": "u1"}, SECRET),
     "exp null": forged(HS, {**GOOD, "exp": None}),
     "sub not a string": forged(HS, {**GOOD, "sub": 17}),
@@ -65,7 +65,7 @@ REFUSED_BY_BOTH = {
 }
 LEFT_TO_PYJWT = {  # odd but possibly valid: PyJWT decides
     "crit header": forged({**HS, "crit": ["exp"]}, GOOD),
-    "exp a numeric string": forged(HS, {**GOOD, "exp": str(int(NOW) + 600)}),
+    "exp a numeric string": forged(HS, {**GOOD, "exp": str(int(NOW) + 86400)}),
     "exp true": forged(HS, {**GOOD, "exp": True}),
 }
 

@@ -42,7 +42,8 @@ async def still_open(live: Live, ws: aiohttp.ClientWebSocketResponse) -> None:
 async def test_connected_frame_comes_first_and_names_the_rooms(live: Live) -> None:
     ws, first = await live.ws_ready(token=make_token("u1", "driver"), stores="s1,s2")
     assert set(first) == {"type", "data"}
-    assert set(first["data"]) == {"userId", "role", "rooms", "lastEventId"}
+    assert set(first["data"]) == {"userId", "role", "rooms", "lastEventId", "resumed"}
+    assert first["data"]["resumed"] is False  # a fresh start
     assert first["data"]["userId"] == "u1" and first["data"]["role"] == "driver"
     assert sorted(first["data"]["rooms"]) == ["global", "role:driver", "store:s1", "store:s2", "user:u1"]
     await ws.close()

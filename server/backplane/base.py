@@ -17,6 +17,10 @@ from server.events import Event, EventId, OutgoingEvent, format_event_id, parse_
 # Events in id order, as many as arrived together: a connection gets them in one write.
 EventSink = Callable[[Sequence[Event]], None]
 CommandSink = Callable[[dict[str, Any]], None]
+# (user id, role, event id): a connection of that user and role that ended other than by the
+# client's own close was last known to be receiving up to that event.
+ResumePoint = tuple[str, str, str]
+STALE = ""  # what an idempotency key of an event dropped as stale is stored with
 
 
 class BackplaneUnavailable(Exception):
@@ -46,6 +50,8 @@ class NodeReport:
     users: Mapping[str, int] = field(default_factory=dict)
     events_delivered: int = 0
     events_accepted: int = 0
+    # Delivery latency histogram: cumulative counts per bucket of server.metrics.LATENCY_BUCKETS, +Inf last.
+    latency: list[float] = field(default_factory=list)
 
 
 def is_recoverable(after: EventId, floor: EventId, last: EventId) -> bool:
@@ -63,6 +69,8 @@ class Backplane(ABC):
     """See the module docstring. ``on_event`` runs for every event on every process, in id order."""
 
     name: str
+    shares_processes: bool = False  # other processes take over this one's clients (leases, §7)
+    tail_start: EventId | None = None  # every event after it reached ``on_event`` (shared only)
 
     @abstractmethod
     async def start(
@@ -79,11 +87,13 @@ class Backplane(ABC):
         """True while events can be accepted and this process is receiving them."""
 
     @abstractmethod
-    async def publish(self, events: Sequence[OutgoingEvent]) -> list[str]:
+    async def publish(self, events: Sequence[OutgoingEvent]) -> list[str | None]:
         """Accept all the events or none (``BackplaneUnavailable``); return their ids in order.
 
         An event whose idempotency key was seen within the TTL is not published again: the id
-        it got the first time is returned in its place.
+        it got the first time is returned in its place. An event with a ``version`` not above
+        the last accepted one for its ``version_key`` (earlier in the same call included) is not
+        published: ``None`` in its place (and again for a repeat of its idempotency key).
         """
 
     @abstractmethod
@@ -93,6 +103,24 @@ class Backplane(ABC):
     @abstractmethod
     async def position(self) -> str:
         """The id of the newest event: a client that saw nothing yet can resume from here."""
+
+    @abstractmethod
+    async def start_position(self, user_id: str, role: str) -> tuple[str, str | None]:
+        """``position()``, and the oldest resume point of ``user_id``/``role`` saved within
+        ``history.resume_window_seconds`` (``None`` if there is none): one round trip."""
+
+    @abstractmethod
+    async def save_resume_points(self, points: Sequence[ResumePoint]) -> None:
+        """Remember each point for ``history.resume_window_seconds`` (one round trip for all)."""
+
+    @abstractmethod
+    async def save_leases(self, points: Sequence[ResumePoint], only_new: bool) -> None:
+        """This process's live connections' positions, for the others to resume them if it dies
+        (``only_new``: keep a user's older position if there is one). Only shared backplanes."""
+
+    @abstractmethod
+    async def drop_leases(self, users: Sequence[tuple[str, str]]) -> None:
+        """These users (and roles) closed for good here: their leases must resume nobody."""
 
     @abstractmethod
     async def command(self, command: dict[str, Any]) -> None:
@@ -118,6 +146,17 @@ class Backplane(ABC):
     async def load_session(self, pid: str) -> dict[str, Any] | None: ...
 
 
+def oldest(positions: Collection[str | bytes]) -> str | None:
+    """The oldest of some event ids (several tabs that dropped: each must get what it missed)."""
+    best: tuple[EventId, str] | None = None
+    for raw in positions:
+        text = raw.decode() if isinstance(raw, bytes) else raw
+        parsed = parse_event_id(text)
+        if parsed is not None and (best is None or parsed < best[0]):
+            best = (parsed, text)
+    return best[1] if best else None
+
+
 def parse_after(after: str) -> EventId:
     parsed = parse_event_id(after)
     if parsed is None:
@@ -130,8 +169,10 @@ __all__ = [
     "BackplaneUnavailable",
     "HistoryExpired",
     "NodeReport",
+    "ResumePoint",
     "format_event_id",
     "is_recoverable",
+    "oldest",
     "parse_after",
     "select_missed",
 ]

@@ -9,12 +9,15 @@ from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from server.backplane.base import (
+    STALE,
     Backplane,
     CommandSink,
     EventSink,
     HistoryExpired,
     NodeReport,
+    ResumePoint,
     is_recoverable,
+    oldest,
     parse_after,
     select_missed,
 )
@@ -38,6 +41,9 @@ class MemoryBackplane(Backplane):
         self._floor: EventId = self._last
         self._events: deque[tuple[float, Event]] = deque()
         self._idempotency: dict[str, tuple[float, str]] = {}
+        self._versions: dict[str, tuple[float, int]] = {}  # version key -> (expiry, last accepted)
+        # (user, role) -> {event id: when saved}; several tabs may have dropped
+        self._resume: dict[tuple[str, str], dict[str, float]] = {}
         self._sessions: dict[str, tuple[float, dict[str, Any]]] = {}
         self._on_event: EventSink | None = None
         self._on_command: CommandSink | None = None
@@ -63,19 +69,29 @@ class MemoryBackplane(Backplane):
         self._last = (ms, 0) if ms > last_ms else (last_ms, last_seq + 1)
         return self._last
 
-    async def publish(self, events: Sequence[OutgoingEvent]) -> list[str]:
+    async def publish(self, events: Sequence[OutgoingEvent]) -> list[str | None]:
         now = time.monotonic()
-        ids: list[str] = []
+        expires = now + self.idempotency_ttl
+        ids: list[str | None] = []
         fresh: list[Event] = []
         for outgoing in events:
             key = outgoing.idempotency_key
             seen = self._idempotency.get(key) if key else None
             if seen is not None and seen[0] > now:
-                ids.append(seen[1])
+                ids.append(seen[1] if seen[1] != STALE else None)
                 continue
+            version_key = outgoing.version_key
+            if version_key is not None and outgoing.version is not None:
+                last = self._versions.get(version_key)
+                if last is not None and last[0] > now and outgoing.version <= last[1]:
+                    if key:
+                        self._idempotency[key] = (expires, STALE)
+                    ids.append(None)
+                    continue
+                self._versions[version_key] = (expires, outgoing.version)
             event = outgoing.with_id(format_event_id(self._next_id()))
             if key:
-                self._idempotency[key] = (now + self.idempotency_ttl, event.id)
+                self._idempotency[key] = (expires, event.id)
             ids.append(event.id)
             fresh.append(event)
         for event in fresh:
@@ -92,12 +108,15 @@ class MemoryBackplane(Backplane):
         events = self._events
         while events and (len(events) > settings.max_events or events[0][0] < oldest_allowed):
             self._floor = events.popleft()[1].sort_key
-        if len(self._idempotency) > 100_000 or len(self._sessions) > 100_000:
+        if max(len(self._idempotency), len(self._sessions), len(self._versions), len(self._resume)) > 100_000:
             self._expire(now)
 
     def _expire(self, now: float) -> None:
         self._idempotency = {k: v for k, v in self._idempotency.items() if v[0] > now}
         self._sessions = {k: v for k, v in self._sessions.items() if v[0] > now}
+        self._versions = {k: v for k, v in self._versions.items() if v[0] > now}
+        for who in list(self._resume):
+            self._resume_points(who, now)
 
     async def history(self, after: str, rooms: Collection[str]) -> list[Event]:
         after_id = parse_after(after)
@@ -108,6 +127,35 @@ class MemoryBackplane(Backplane):
 
     async def position(self) -> str:
         return format_event_id(self._last)
+
+    async def start_position(self, user_id: str, role: str) -> tuple[str, str | None]:
+        return format_event_id(self._last), oldest(self._resume_points((user_id, role), time.monotonic()))
+
+    def _resume_points(self, who: tuple[str, str], now: float) -> list[str]:
+        """The points of ``who`` saved within the window (older ones are forgotten)."""
+        points = self._resume.get(who)
+        if points is None:
+            return []
+        since = now - self.history_settings.resume_window_seconds
+        kept = {position: saved for position, saved in points.items() if saved > since}
+        if kept:
+            self._resume[who] = kept
+        else:
+            del self._resume[who]
+        return list(kept)
+
+    async def save_resume_points(self, points: Sequence[ResumePoint]) -> None:
+        if self.history_settings.resume_window_seconds <= 0:
+            return
+        now = time.monotonic()
+        for user_id, role, position in points:
+            self._resume.setdefault((user_id, role), {})[position] = now
+
+    async def save_leases(self, points: Sequence[ResumePoint], only_new: bool) -> None:
+        """One process: nobody else could take its clients over."""
+
+    async def drop_leases(self, users: Sequence[tuple[str, str]]) -> None:
+        """One process: no leases."""
 
     async def command(self, command: dict[str, Any]) -> None:
         assert self._on_command is not None

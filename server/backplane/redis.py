@@ -11,7 +11,14 @@ Keys (``P`` is ``redis.key_prefix``; the README documents the entry format for d
 - ``P:events``: the stream; entries ``type``, ``data`` (JSON), ``rooms`` (JSON array) or ``cmd``
 - ``P:events:floor``: every event with an id above it is still in the stream, unless trimmed
 - ``P:events:added``: entries ever added, to tell whether trimming has removed any
-- ``P:idem:KEY``: the id an idempotency key got; ``P:session:PID``: a Socket.IO session's stores
+- ``P:idem:KEY``: the id an event's own idempotency key got ('' if it was stale);
+  ``P:idem-header:KEY#INDEX``: the same for a request's ``Idempotency-Key`` header
+- ``P:ver:TYPE:ENTITY``: the last version accepted for that entity
+- ``P:resume:ROLE:USER``: sorted set, event id → when a connection of that user and role that
+  dropped was last known to be receiving up to it (expires after the resume window)
+- ``P:lease:ROLE:USER``: hash, process → the position of that user's live connections there,
+  renewed every heartbeat interval (expires after the resume window)
+- ``P:session:PID``: a Socket.IO session's stores
 - ``P:nodes`` (sorted set: node → expiry ms), ``P:node:NAME`` (stats), ``P:node:NAME:users``
 """
 
@@ -19,8 +26,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
+import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from typing import Any
@@ -32,98 +39,47 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 
 from server.backplane.base import (
+    STALE,
     Backplane,
     BackplaneUnavailable,
     CommandSink,
     EventSink,
     HistoryExpired,
     NodeReport,
+    ResumePoint,
     is_recoverable,
+    oldest,
     parse_after,
     select_missed,
 )
 from server.backplane.recent import RecentEvents
+from server.backplane.redis_scripts import (
+    COMMAND,
+    DROP_LEASES,
+    HISTORY,
+    HISTORY_PAGE,
+    POSITION,
+    PUBLISH,
+    SAVE_CHUNK,
+    SAVE_LEASES,
+    SAVE_RESUME,
+    SHA,
+    START_POSITION,
+)
 from server.backplane.resp import ReplyLost, RespConnection
 from server.config import Settings
 from server.events import Event, EventId, OutgoingEvent, format_event_id, parse_event_id
+from server.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
 BLOCK_MS = 2000
 PRESENCE_FLUSH_SECONDS = 0.1
+# Every process's counters (stats, the dashboard's rates and latency) are at most this old in Redis.
+STATS_FLUSH_SECONDS = 1.0
 STARTUP_WAIT_SECONDS = 2.0
 
-# Sets the floor when the stream is new (or was lost with a Redis restart): ids handed out from
-# now on are above it, and an id from before it is reported as expired, never silently skipped.
-_ENSURE_FLOOR = """
-if redis.call('EXISTS', KEYS[2]) == 0 then
-  local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
-  if #last > 0 then
-    redis.call('SET', KEYS[2], last[1][1])
-  else
-    local t = redis.call('TIME')
-    redis.call('SET', KEYS[2], (tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - 1) .. '-0')
-  end
-end
-"""
-
-# KEYS: stream, floor, added. ARGV: maxlen, idempotency ttl, idempotency key prefix, then per event
-# type, data, rooms, idempotency key ('' for none). All events of a call are added, or none.
-_PUBLISH = (
-    _ENSURE_FLOOR
-    + """
-local ids = {}
-local fresh = 0
-for i = 4, #ARGV, 4 do
-  local key = ARGV[i + 3]
-  local id = false
-  if key ~= '' then id = redis.call('GET', ARGV[3] .. key) end
-  if not id then
-    id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
-                    'type', ARGV[i], 'data', ARGV[i + 1], 'rooms', ARGV[i + 2])
-    fresh = fresh + 1
-    if key ~= '' then redis.call('SET', ARGV[3] .. key, id, 'EX', ARGV[2]) end
-  end
-  ids[#ids + 1] = id
-end
-redis.call('INCRBY', KEYS[3], fresh)
-return ids
-"""
-)
-
-_COMMAND = (
-    _ENSURE_FLOOR
-    + """
-redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'cmd', ARGV[2])
-redis.call('INCRBY', KEYS[3], 1)
-"""
-)
-
-
-# The id of the newest event, or the floor when there is none yet.
-_POSITION = (
-    _ENSURE_FLOOR
-    + """
-local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
-if #newest > 0 then return newest[1][1] end
-return redis.call('GET', KEYS[2])
-"""
-)
-
-# What a reconnecting client needs, in one call: the floor, the count of entries ever added, the
-# stream's length, its first and newest entries, and every entry after ARGV[1] ("(ID": exclusive).
-_HISTORY = """
-local floor = redis.call('GET', KEYS[2])
-local added = redis.call('GET', KEYS[3])
-local length = redis.call('XLEN', KEYS[1])
-local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
-local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
-return {floor, added, length, first, newest, redis.call('XRANGE', KEYS[1], ARGV[1], '+')}
-"""
-
-_SHA = {
-    script: hashlib.sha1(script.encode()).hexdigest() for script in (_PUBLISH, _COMMAND, _POSITION, _HISTORY)
-}
+HISTORY_PAGE_SIZE = 1000  # entries per XRANGE when replaying
 
 
 def _id(raw: bytes | str) -> str:
@@ -132,8 +88,10 @@ def _id(raw: bytes | str) -> str:
 
 class RedisBackplane(Backplane):
     name = "redis"
+    shares_processes = True
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
+        self.metrics = metrics or Metrics()
         config = settings.redis
         assert config.url is not None
         self.settings = settings
@@ -142,7 +100,13 @@ class RedisBackplane(Backplane):
         self.stream = f"{prefix}:events"
         self.floor_key = f"{prefix}:events:floor"
         self.added_key = f"{prefix}:events:added"
-        self.idem_prefix = f"{prefix}:idem:"
+        self.key_prefix = f"{prefix}:"  # idempotency keys and versions: see OutgoingEvent
+        self.resume_prefix = f"{prefix}:resume:"
+        self.lease_prefix = f"{prefix}:lease:"
+        # This process's field in the lease hashes: its name alone would be taken for its own by
+        # the next process of the same name (a restarted dyno), which then resumed nobody.
+        self.lease_field = f"{self.node}#{secrets.token_hex(4)}"
+        self.resume_window_ms = settings.history.resume_window_seconds * 1000
         self.session_prefix = f"{prefix}:session:"
         self.nodes_key = f"{prefix}:nodes"
         self.node_key = self._node_key(self.node)
@@ -232,28 +196,44 @@ class RedisBackplane(Backplane):
 
     # --- events ---------------------------------------------------------------------------
 
-    async def publish(self, events: Sequence[OutgoingEvent]) -> list[str]:
+    async def publish(self, events: Sequence[OutgoingEvent]) -> list[str | None]:
         args: list[Any] = [
             self.settings.history.max_events,
             self.settings.admin.idempotency_ttl_seconds,
-            self.idem_prefix,
+            self.key_prefix,
         ]
         for event in events:
-            args += [event.type, event.data_json, orjson.dumps(event.rooms), event.idempotency_key or ""]
+            versioned = event.version_key is not None and event.version is not None
+            args += [
+                event.type,
+                event.data_json,
+                orjson.dumps(event.rooms),
+                event.idempotency_key or "",
+                event.version_key if versioned else "",
+                str(event.version) if versioned else "",
+            ]
         async with self._reachable():
-            ids = await self._eval(_PUBLISH, args)
-        return [_id(raw) for raw in ids]
+            ids = await self._eval(PUBLISH, args)
+        return [None if raw in (b"", STALE) else _id(raw) for raw in ids]
 
     async def command(self, command: dict[str, Any]) -> None:
         async with self._reachable():
-            await self._eval(_COMMAND, [self.settings.history.max_events, orjson.dumps(command)])
+            await self._eval(COMMAND, [self.settings.history.max_events, orjson.dumps(command)])
 
-    async def _eval(self, script: str, args: list[Any], connection: RespConnection | None = None) -> Any:
-        """Run a script on the stream's keys by its SHA, sending its text only when Redis lacks it."""
+    async def _eval(
+        self,
+        script: str,
+        args: list[Any],
+        keys: Sequence[str] | None = None,
+        connection: RespConnection | None = None,
+    ) -> Any:
+        """Run a script (on the stream's keys unless told) by its SHA, sending its text only when
+        Redis lacks it."""
         call = (connection or self._publisher).call
-        keys = (self.stream, self.floor_key, self.added_key)
+        if keys is None:
+            keys = (self.stream, self.floor_key, self.added_key)
         try:
-            return await call("EVALSHA", _SHA[script], len(keys), *keys, *args)
+            return await call("EVALSHA", SHA[script], len(keys), *keys, *args)
         except ResponseError as exc:
             if not str(exc).startswith("NOSCRIPT"):
                 raise
@@ -267,9 +247,12 @@ class RedisBackplane(Backplane):
             try:
                 if last is None:
                     last = await self._position()
+                    self.tail_start = parse_event_id(last)
                 if not self._tail_ok:
                     self._recent.start(parse_event_id(last))
                     await self._tailer.call("PING")  # ready now, not after a first XREAD's BLOCK
+                    if self._connected.is_set():
+                        self.metrics.backplane_reconnects.inc()
                     log.info("backplane tail connected", extra={"node": self.node, "from": last})
                     self._tail_ok, self._last_read = True, time.monotonic()
                     self._connected.set()
@@ -310,25 +293,90 @@ class RedisBackplane(Backplane):
             except (KeyError, ValueError, TypeError) as exc:
                 log.error("skipped a malformed stream entry", extra={"id": event_id, "error": repr(exc)})
         if events:
+            self.metrics.read_from_backplane(events[-1])
             self._on_event(events)
         self._recent.read(events, parse_event_id(event_id))
         return event_id
 
     async def _position(self) -> str:
-        return _id(await self._eval(_POSITION, []))
+        return _id(await self._eval(POSITION, []))
 
     async def position(self) -> str:
         async with self._reachable():
             return await self._position()
 
+    async def start_position(self, user_id: str, role: str) -> tuple[str, str | None]:
+        if self.resume_window_ms <= 0:
+            return await self.position(), None
+        keys = (
+            self.stream,
+            self.floor_key,
+            self.added_key,
+            self._resume_key(user_id, role),
+            self._lease_key(user_id, role),
+        )
+        async with self._reachable():
+            position, points = await self._eval(
+                START_POSITION, [self.resume_window_ms, self.lease_field], keys
+            )
+        return _id(position), oldest(points)
+
+    def _resume_key(self, user_id: str, role: str) -> str:
+        return f"{self.resume_prefix}{role}:{user_id}"
+
+    def _lease_key(self, user_id: str, role: str) -> str:
+        return f"{self.lease_prefix}{role}:{user_id}"
+
+    async def save_leases(self, points: Sequence[ResumePoint], only_new: bool) -> None:
+        if self.resume_window_ms <= 0 or not points:
+            return
+        calls = []
+        for start in range(0, len(points), SAVE_CHUNK):
+            chunk = points[start : start + SAVE_CHUNK]
+            keys = [self._lease_key(user_id, role) for user_id, role, _ in chunk]
+            args = [
+                self.resume_window_ms,
+                self.lease_field,
+                "1" if only_new else "0",
+                *(p for _, _, p in chunk),
+            ]
+            calls.append(self._eval(SAVE_LEASES, args, keys))
+        async with self._reachable():
+            await asyncio.gather(*calls)
+
+    async def drop_leases(self, users: Sequence[tuple[str, str]]) -> None:
+        calls = []
+        for start in range(0, len(users), SAVE_CHUNK):
+            keys = [self._lease_key(user_id, role) for user_id, role in users[start : start + SAVE_CHUNK]]
+            calls.append(self._eval(DROP_LEASES, [self.lease_field], keys))
+        async with self._reachable():
+            await asyncio.gather(*calls)
+
+    async def save_resume_points(self, points: Sequence[ResumePoint]) -> None:
+        """One script call per ``SAVE_CHUNK`` points, all sent at once (pipelined)."""
+        if self.resume_window_ms <= 0 or not points:
+            return
+        calls = []
+        for start in range(0, len(points), SAVE_CHUNK):
+            chunk = points[start : start + SAVE_CHUNK]
+            keys = [self._resume_key(user_id, role) for user_id, role, _ in chunk]
+            calls.append(self._eval(SAVE_RESUME, [self.resume_window_ms, *(p for _, _, p in chunk)], keys))
+        async with self._reachable():
+            await asyncio.gather(*calls)
+
     async def history(self, after: str, rooms: Collection[str]) -> list[Event]:
+        """Read in pages of ``HISTORY_PAGE_SIZE`` entries, at most ``history.max_events`` in all: a
+        position further back than that is expired (the client resyncs), whatever Redis kept."""
         after_id = parse_after(after)
         if self._tail_ok:
             recent = self._recent.missed(after_id, rooms)
             if recent is not None:
                 return recent
+        budget = self.settings.history.max_events
+        page = max(1, min(HISTORY_PAGE_SIZE, budget + 1))
+        # One script call on the history connection (a storm's thousands share it, pipelined).
         async with self._reachable():
-            reply = await self._eval(_HISTORY, [f"({after}"], self._history)
+            reply = await self._eval(HISTORY, [f"({after}", page], connection=self._history)
         floor_raw, added, length, first, newest, entries = reply
         if floor_raw is None:
             raise HistoryExpired(after)  # the stream was lost (e.g. Redis restarted empty)
@@ -342,13 +390,35 @@ class RedisBackplane(Backplane):
         assert last is not None
         if not is_recoverable(after_id, floor, last):
             raise HistoryExpired(after)
-        events = []
-        for raw_id, flat in entries:  # [id, [field, value, field, value...]]
-            fields = dict(zip(flat[::2], flat[1::2], strict=False))
-            if b"cmd" not in fields:
-                with contextlib.suppress(KeyError, ValueError, TypeError):
-                    events.append(_parse_entry(_id(raw_id), fields))
-        return select_missed(events, after_id, rooms)
+        wanted = set(rooms)
+        missed: list[Event] = []
+        read = 0
+        while True:
+            read += len(entries)
+            if read > budget:
+                raise HistoryExpired(after)  # more than the history holds: refetch instead
+            for raw_id, flat in entries:  # [id, [field, value, field, value...]]
+                fields = dict(zip(flat[::2], flat[1::2], strict=False))
+                if b"cmd" not in fields:
+                    with contextlib.suppress(KeyError, ValueError, TypeError):
+                        event = _parse_entry(_id(raw_id), fields)
+                        if not wanted.isdisjoint(event.rooms):  # nobody is replayed another's order
+                            missed.append(event)
+            if len(entries) < page:
+                return select_missed(missed, after_id, rooms)
+            entries = await self._next_page(_id(entries[-1][0]), after, page)
+
+    async def _next_page(self, last_read: str, after: str, page: int) -> Any:
+        """The entries after ``last_read``; expired if trimming reached past it meanwhile."""
+        async with self._reachable():
+            first, entries = await self._eval(
+                HISTORY_PAGE, [f"({last_read}", page], keys=(self.stream,), connection=self._history
+            )
+        first_kept = parse_event_id(_id(first[0][0])) if first else None
+        last_read_id = parse_event_id(last_read)
+        if first_kept is not None and last_read_id is not None and first_kept > last_read_id:
+            raise HistoryExpired(after)  # entries right after the page read were trimmed away
+        return entries
 
     # --- presence and stats ---------------------------------------------------------------
 
@@ -357,16 +427,17 @@ class RedisBackplane(Backplane):
 
     async def _presence(self) -> None:
         """Refresh this process's presence: changed users often, everything every ttl/3."""
-        next_full = 0.0
+        next_full = next_stats = 0.0
         while self._running:
             try:
                 now = time.monotonic()
                 if now >= next_full:
                     self._dirty_users.clear()
                     await self._write_presence(full=True)
-                    next_full = now + self.ttl_ms / 3000
-                elif self._dirty_users:
+                    next_full, next_stats = now + self.ttl_ms / 3000, now + STATS_FLUSH_SECONDS
+                elif self._dirty_users or now >= next_stats:
                     await self._write_presence(full=False)
+                    next_stats = now + STATS_FLUSH_SECONDS
                 await asyncio.sleep(PRESENCE_FLUSH_SECONDS)
             except asyncio.CancelledError:
                 raise
@@ -398,6 +469,7 @@ class RedisBackplane(Backplane):
                     "by_transport": orjson.dumps(report.by_transport),
                     "delivered": report.events_delivered,
                     "accepted": report.events_accepted,
+                    "latency": orjson.dumps(report.latency),
                 },
             )
             pipe.pexpire(self.users_key, self.ttl_ms)
@@ -446,6 +518,7 @@ class RedisBackplane(Backplane):
                         by_transport=orjson.loads(fields.get(b"by_transport", b"{}")),
                         events_delivered=int(fields.get(b"delivered", 0)),
                         events_accepted=int(fields.get(b"accepted", 0)),
+                        latency=orjson.loads(fields.get(b"latency", b"[]")),
                     )
                 )
         return reports
@@ -453,7 +526,8 @@ class RedisBackplane(Backplane):
     # --- Socket.IO sessions for connection-state recovery ------------------------------------
 
     async def save_session(self, pid: str, state: dict[str, Any], ttl: int) -> None:
-        async with self._reachable():  # on every Socket.IO connect: the lean connection, no pool
+        async with self._reachable():
+            # On every Socket.IO connect: the lean connection, not redis-py's pool (100 at most).
             await self._history.call("SET", f"{self.session_prefix}{pid}", orjson.dumps(state), "EX", ttl)
 
     async def load_session(self, pid: str) -> dict[str, Any] | None:

@@ -1,0 +1,180 @@
+"""The Lua scripts of the Redis backplane: each runs atomically in one round trip (``EVALSHA``).
+
+Keys and fields are described in ``server/backplane/redis.py``; ``P`` is ``redis.key_prefix``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+# Sets the floor when the stream is new (or was lost with a Redis restart): ids handed out from
+# now on are above it, and an id from before it is reported as expired, never silently skipped.
+ENSURE_FLOOR = """
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+  if #last > 0 then
+    redis.call('SET', KEYS[2], last[1][1])
+  else
+    local t = redis.call('TIME')
+    redis.call('SET', KEYS[2], (tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - 1) .. '-0')
+  end
+end
+"""
+
+# KEYS: stream, floor, added. ARGV: maxlen, ttl of idempotency keys and versions, key prefix, then
+# per event: type, data, rooms, idempotency key, version key, version ('' for none). All events
+# of a call are added, or none; one whose version is not above its entity's last accepted one
+# (earlier events of the call included) is stale: '' in its place, and its idempotency key
+# answers '' from then on. Versions are decimal strings compared by length, then digits.
+PUBLISH = (
+    ENSURE_FLOOR
+    + """
+local ids = {}
+local fresh = 0
+for i = 4, #ARGV, 6 do
+  local key = ARGV[i + 3]
+  local id = false
+  if key ~= '' then id = redis.call('GET', ARGV[3] .. key) end
+  if not id then
+    local version_key, version = ARGV[i + 4], ARGV[i + 5]
+    local stale = false
+    if version_key ~= '' then
+      local last = redis.call('GET', ARGV[3] .. version_key)
+      if last and (#version < #last or (#version == #last and version <= last)) then
+        stale = true
+      else
+        redis.call('SET', ARGV[3] .. version_key, version, 'EX', ARGV[2])
+      end
+    end
+    if stale then
+      id = ''
+    else
+      id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
+                      'type', ARGV[i], 'data', ARGV[i + 1], 'rooms', ARGV[i + 2])
+      fresh = fresh + 1
+    end
+    if key ~= '' then redis.call('SET', ARGV[3] .. key, id, 'EX', ARGV[2]) end
+  end
+  ids[#ids + 1] = id
+end
+redis.call('INCRBY', KEYS[3], fresh)
+return ids
+"""
+)
+
+COMMAND = (
+    ENSURE_FLOOR
+    + """
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'cmd', ARGV[2])
+redis.call('INCRBY', KEYS[3], 1)
+"""
+)
+
+
+# The id of the newest event, or the floor when there is none yet.
+POSITION = (
+    ENSURE_FLOOR
+    + """
+local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+if #newest > 0 then return newest[1][1] end
+return redis.call('GET', KEYS[2])
+"""
+)
+
+# KEYS: stream, floor, added, the user's resume points. ARGV: the resume window in ms.
+# The position, then the points saved within the window (older ones are dropped).
+# Whether event id ARGV-style string ``a`` is older than ``b`` (ids are "ms-seq").
+OLDER = """
+local function older(a, b)
+  local am, aseq = string.match(a, '^(%d+)-(%d+)$')
+  local bm, bseq = string.match(b, '^(%d+)-(%d+)$')
+  if not am or not bm then return false end
+  if tonumber(am) ~= tonumber(bm) then return tonumber(am) < tonumber(bm) end
+  return tonumber(aseq) < tonumber(bseq)
+end
+"""
+
+# KEYS: stream, floor, added, the user's resume points, the user's leases. ARGV: the resume window
+# in ms, this process's lease field. The position, then the points saved within the window (older
+# ones are dropped) and the leases of other processes (a process that was killed saved nothing).
+START_POSITION = (
+    ENSURE_FLOOR
+    + """
+local position = redis.call('GET', KEYS[2])
+local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+if #newest > 0 then position = newest[1][1] end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - tonumber(ARGV[1]))
+local points = redis.call('ZRANGE', KEYS[4], 0, -1)
+local leases = redis.call('HGETALL', KEYS[5])
+for i = 1, #leases, 2 do
+  if leases[i] ~= ARGV[2] then points[#points + 1] = leases[i + 1] end
+end
+return {position, points}
+"""
+)
+
+# KEYS: resume-point sets (one per user and role). ARGV: the window in ms, then one event id per key.
+SAVE_RESUME = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+for i = 1, #KEYS do
+  redis.call('ZADD', KEYS[i], now, ARGV[i + 1])
+  redis.call('PEXPIRE', KEYS[i], ARGV[1])
+end
+"""
+
+# KEYS: lease hashes (one per user and role). ARGV: the window in ms, this process's field, '1' to
+# keep an older lease already there, then one event id per key.
+SAVE_LEASES = (
+    OLDER
+    + """
+for i = 1, #KEYS do
+  local current = ARGV[3] == '1' and redis.call('HGET', KEYS[i], ARGV[2])
+  if not current or older(ARGV[i + 3], current) then
+    redis.call('HSET', KEYS[i], ARGV[2], ARGV[i + 3])
+  end
+  redis.call('PEXPIRE', KEYS[i], ARGV[1])
+end
+"""
+)
+
+DROP_LEASES = """
+for i = 1, #KEYS do redis.call('HDEL', KEYS[i], ARGV[1]) end
+"""
+SAVE_CHUNK = 1000  # resume points per script call: Redis is never blocked long by one
+
+# A replay's first page, in one call (KEYS: stream, floor, added; ARGV: "(ID" exclusive, page):
+# the floor, the count of entries ever added, the stream's length, its first and newest entries,
+# and up to a page of entries after the id.
+HISTORY = """
+local floor = redis.call('GET', KEYS[2])
+local added = redis.call('GET', KEYS[3])
+local length = redis.call('XLEN', KEYS[1])
+local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
+local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+local entries = redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', ARGV[2])
+return {floor, added, length, first, newest, entries}
+"""
+
+# The next page (KEYS: stream; ARGV: "(ID", page): the stream's first entry, then the page.
+HISTORY_PAGE = """
+return {redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1),
+        redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', ARGV[2])}
+"""
+
+SHA = {
+    script: hashlib.sha1(script.encode()).hexdigest()
+    for script in (
+        PUBLISH,
+        COMMAND,
+        POSITION,
+        START_POSITION,
+        SAVE_RESUME,
+        SAVE_LEASES,
+        DROP_LEASES,
+        HISTORY,
+        HISTORY_PAGE,
+    )
+}

@@ -1,0 +1,356 @@
+"""A client that reconnects without any id (the existing hook) is resumed by the server (contract §7).
+
+Each test drops a client the way it happens in production (heartbeat timeout, slow-consumer close,
+a lost network), posts events while it is away, then reconnects as the hook does: same user and
+role, no ``lastEventId``. Restarts and kills of real processes are in ``test_resume_cluster.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+import orjson
+
+from server.config import Settings
+from tests.clients import Live, make_token, no_message, recv, recv_close
+from tests.conftest import StartServer
+from tests.support import eventually
+
+SHORT_HEARTBEAT = {"heartbeat_seconds": 0.2, "heartbeat_timeout_seconds": 0.2}
+WINDOW = {"resume_window_seconds": 60}
+
+
+def order(user: str, n: int) -> dict[str, Any]:
+    return {"type": "order_updated", "data": {"orderId": f"o-{user}-{n}", "order": {"userId": user}, "n": n}}
+
+
+def product(n: int, pad: str = "") -> dict[str, Any]:
+    return {
+        "type": "product_updated",
+        "data": {"storeId": "s1", "product": {"id": f"p{n}"}, "n": n, "pad": pad},
+    }
+
+
+async def post_ids(live: Live, body: Any) -> list[str]:
+    status, answer = await live.post(body)
+    assert status == 202, answer
+    ids: list[str] = answer["ids"]
+    return ids
+
+
+def drop(ws: aiohttp.ClientWebSocketResponse) -> None:
+    """The network goes away: no close frame, the TCP connection is reset."""
+    # SEAM: aiohttp's private ``_writer`` (its transport): a test-only way to cut the socket.
+    ws._writer.transport.abort()
+
+
+async def hub_empty(live: Live) -> None:
+    async def empty() -> bool:
+        return not live.node.hub.connections
+
+    await eventually(empty)
+
+
+async def frames_until_quiet(ws: aiohttp.ClientWebSocketResponse, wait: float = 0.5) -> list[dict[str, Any]]:
+    frames = []
+    while True:
+        try:
+            frames.append(await recv(ws, timeout=wait))
+        except TimeoutError:
+            return frames
+
+
+async def sio_events(live: Live, auth: dict[str, Any], count: int) -> list[tuple[str, tuple[Any, ...]]]:
+    """Connect as python-socketio's AsyncClient does by default (no position sent), read ``count``
+    events, then anything else that comes within a moment."""
+    client = await live.sio(auth)
+    await client.wait_for(count)
+    await asyncio.sleep(0.3)
+    await client.close()
+    return client.events
+
+
+# --- plain WebSocket -----------------------------------------------------------------------------
+
+
+async def test_hook_reconnecting_after_a_heartbeat_timeout_gets_what_it_missed(
+    start_server: StartServer, settings_for: Callable[..., Settings]
+) -> None:
+    live = await start_server(settings_for(websocket=SHORT_HEARTBEAT, history=WINDOW))
+    token = make_token("hook")
+    # A client that stops answering pings (its phone slept): the server cuts it off.
+    ws = await live.session.ws_connect(
+        f"{live.base}/api/ws", params={"token": token}, autoping=False, autoclose=False
+    )
+    assert (await recv(ws))["data"]["resumed"] is False
+    sent = await post_ids(live, order("hook", 0))
+    await hub_empty(live)
+    await ws.close()
+    sent += await post_ids(live, {"events": [order("hook", 1), order("other", 1), order("hook", 2)]})
+    sent.remove(sent[2])  # the other user's
+    again, connected = await live.ws_ready(token=token)
+    assert connected["data"]["resumed"] is True
+    # Never confirmed by a pong, so its position is where it connected: event 0 comes again too.
+    assert [frame["id"] for frame in await frames_until_quiet(again)] == sent
+    live_id = await post_ids(live, order("hook", 3))
+    assert (await recv(again))["id"] == live_id[0]
+    await again.close()
+
+
+async def test_an_answered_ping_moves_the_position_so_nothing_older_is_replayed(
+    start_server: StartServer, settings_for: Callable[..., Settings]
+) -> None:
+    live = await start_server(settings_for(websocket=SHORT_HEARTBEAT, history=WINDOW))
+    ws, _ = await live.ws_ready(token=make_token("hook"))
+    first = await post_ids(live, order("hook", 0))
+    assert (await recv(ws))["id"] == first[0]
+    (conn,) = live.node.hub.connections
+
+    async def acked() -> bool:
+        return bool(conn.received_position() == first[0])
+
+    reading = asyncio.create_task(no_message(ws, 10))  # aiohttp answers pings while it reads
+    await eventually(acked)  # a ping written after event 0 was answered
+    reading.cancel()
+    drop(ws)
+    await hub_empty(live)
+    missed = await post_ids(live, order("hook", 1))
+    again, connected = await live.ws_ready(token=make_token("hook"))
+    assert connected["data"]["resumed"] is True and connected["data"]["lastEventId"] == first[0]
+    assert [frame["id"] for frame in await frames_until_quiet(again)] == missed
+    await again.close()
+
+
+async def test_hook_reconnecting_after_a_slow_consumer_close_gets_every_event(
+    start_server: StartServer, settings_for: Callable[..., Settings]
+) -> None:
+    live = await start_server(settings_for(websocket={"send_buffer_bytes": 65536}, history=WINDOW))
+    slow, _ = await live.ws_ready(token=make_token("slow"), storeId="s1")  # and then never reads
+    sent: list[str] = []
+    while any(not c.closed for c in live.node.hub.connections):
+        assert len(sent) < 2000, "40 MB sent and the slow consumer is still open"
+        sent += await post_ids(live, {"events": [product(len(sent) + i, "x" * 20_000) for i in range(10)]})
+    await hub_empty(live)
+    await slow.close()
+    sent += await post_ids(live, product(len(sent)))  # while it is away
+    again, connected = await live.ws_ready(token=make_token("slow"), storeId="s1")
+    assert connected["data"]["resumed"] is True
+    received = [frame["id"] for frame in await frames_until_quiet(again, 1.0)]
+    assert received == sent  # from where it connected: nothing it could have missed is left out
+    await again.close()
+
+
+async def test_no_resume_after_the_clients_own_close_on_either_transport(live: Live) -> None:
+    assert live.node.resume_book.window == 120  # the default window (config.yaml says the same)
+    ws, _ = await live.ws_ready(token=make_token("leaver"))
+    await ws.close()  # 1000: the user left
+    await hub_empty(live)
+    client = await live.sio({"token": make_token("sio-leaver")})
+    await client.close()  # a Socket.IO DISCONNECT
+    await hub_empty(live)
+    await post_ids(live, {"events": [order("leaver", 0), order("sio-leaver", 0)]})
+    again, connected = await live.ws_ready(token=make_token("leaver"))
+    assert connected["data"]["resumed"] is False
+    await no_message(again)
+    await again.close()
+    other = await live.sio({"token": make_token("sio-leaver")})
+    await asyncio.sleep(0.3)
+    assert other.events == []
+    await other.close()
+
+
+async def test_a_user_disconnected_by_the_admin_api_is_not_resumed(live: Live) -> None:
+    ws, _ = await live.ws_ready(token=make_token("kicked"))
+    async with live.session.post(
+        f"{live.base}/api/v1/users/kicked/disconnect", headers=live.headers()
+    ) as resp:
+        assert resp.status == 200
+    assert await recv_close(ws) == 4001
+    await hub_empty(live)
+    await post_ids(live, order("kicked", 0))
+    again, connected = await live.ws_ready(token=make_token("kicked"))
+    assert connected["data"]["resumed"] is False
+    await no_message(again)
+    await again.close()
+
+
+async def test_no_resume_outside_the_window(
+    start_server: StartServer, settings_for: Callable[..., Settings]
+) -> None:
+    live = await start_server(settings_for(history={"resume_window_seconds": 1}))
+    ws, _ = await live.ws_ready(token=make_token("late"))
+    drop(ws)
+    await hub_empty(live)
+    await post_ids(live, order("late", 0))
+    await asyncio.sleep(1.5)  # the window passes
+    again, connected = await live.ws_ready(token=make_token("late"))
+    assert connected["data"]["resumed"] is False
+    await no_message(again)
+    await again.close()
+
+
+async def test_resume_never_replays_another_users_order(
+    start_server: StartServer, settings_for: Callable[..., Settings]
+) -> None:
+    live = await start_server(settings_for(history=WINDOW))
+    ws, _ = await live.ws_ready(token=make_token("alice"))
+    client = await live.sio({"token": make_token("alice")})
+    drop(ws)
+    # SEAM: python-engineio's client keeps its WebSocket in ``eio.ws``: the network goes, no DISCONNECT.
+    drop(client.client.eio.ws)
+    await hub_empty(live)
+    sent = await post_ids(live, {"events": [order("bob", 0), order("alice", 1), order("bob", 2)]})
+    again, connected = await live.ws_ready(token=make_token("alice"))
+    assert connected["data"]["resumed"] is True
+    assert [frame["id"] for frame in await frames_until_quiet(again)] == [sent[1]]
+    await again.close()
+    events = await sio_events(live, {"token": make_token("alice")}, 1)
+    assert [(name, args[-1]) for name, args in events] == [("order_updated", sent[1])]
+
+
+async def test_several_tabs_that_drop_together_each_resume(
+    start_server: StartServer, settings_for: Callable[..., Settings]
+) -> None:
+    live = await start_server(settings_for(history=WINDOW))
+    tabs = [(await live.ws_ready(token=make_token("tabs")))[0] for _ in range(2)]
+    for tab in tabs:
+        drop(tab)
+    await hub_empty(live)
+    sent = await post_ids(live, order("tabs", 0))
+    for _ in range(2):
+        again, connected = await live.ws_ready(token=make_token("tabs"))
+        assert connected["data"]["resumed"] is True
+        assert [frame["id"] for frame in await frames_until_quiet(again)] == sent
+        await again.close()
+
+
+async def test_a_client_that_sends_an_id_is_resumed_from_it_and_told_so(live: Live) -> None:
+    ws, connected = await live.ws_ready(token=make_token("exact"))
+    assert connected["data"]["resumed"] is False
+    position = connected["data"]["lastEventId"]
+    await ws.close()
+    sent = await post_ids(live, order("exact", 0))
+    again, connected = await live.ws_ready(token=make_token("exact"), lastEventId=position)
+    assert connected["data"]["resumed"] is True and connected["data"]["lastEventId"] == position
+    assert [frame["id"] for frame in await frames_until_quiet(again)] == sent
+    await again.close()
+
+
+async def test_resume_from_a_point_older_than_the_history_is_a_resync_and_not_resumed(
+    start_server: StartServer, settings_for: Callable[..., Settings]
+) -> None:
+    live = await start_server(settings_for(history={"max_events": 3, **WINDOW}))
+    ws, _ = await live.ws_ready(token=make_token("away"))
+    drop(ws)
+    await hub_empty(live)
+    for n in range(150):  # far more than the history keeps, on either backplane
+        await post_ids(live, {"events": [order("away", n), order("nobody", n)]})
+    again, connected = await live.ws_ready(token=make_token("away"))
+    assert connected["data"]["resumed"] is False
+    assert await recv(again) == {"type": "resync", "data": {"reason": "history_expired"}}
+    await again.close()
+
+
+# --- Socket.IO -----------------------------------------------------------------------------------
+
+
+async def test_socketio_client_that_stops_answering_pings_is_resumed(
+    start_server: StartServer, settings_for: Callable[..., Settings]
+) -> None:
+    # Whole seconds: python-engineio advertises the interval in whole seconds.
+    live = await start_server(settings_for(websocket={"heartbeat_seconds": 1}, history=WINDOW))
+    silent = await live.sio_ws({"token": make_token("sleepy")})  # never answers the pings
+    sent = await post_ids(live, order("sleepy", 0))
+    await hub_empty(live)  # ping timeout
+    await silent.close()
+    sent += await post_ids(live, order("sleepy", 1))
+    events = await sio_events(live, {"token": make_token("sleepy")}, 2)
+    assert [args[-1] for _, args in events] == sent
+
+
+async def test_socketio_client_reconnecting_after_a_slow_consumer_close_gets_every_event(
+    start_server: StartServer, settings_for: Callable[..., Settings]
+) -> None:
+    live = await start_server(settings_for(websocket={"send_buffer_bytes": 65536}, history=WINDOW))
+    slow = await live.sio_ws({"token": make_token("slow"), "stores": ["s1"]})  # then never reads
+    sent: list[str] = []
+    while any(not c.closed for c in live.node.hub.connections):
+        assert len(sent) < 2000, "40 MB sent and the slow consumer is still open"
+        sent += await post_ids(live, {"events": [product(len(sent) + i, "x" * 20_000) for i in range(10)]})
+    await hub_empty(live)
+    await slow.close()
+    sent += await post_ids(live, product(len(sent)))
+    events = await sio_events(live, {"token": make_token("slow"), "stores": ["s1"]}, len(sent))
+    assert [args[-1] for _, args in events] == sent
+
+
+async def test_socketio_client_dropped_by_the_network_is_resumed_with_a_pid_of_its_own(
+    start_server: StartServer, settings_for: Callable[..., Settings]
+) -> None:
+    live = await start_server(settings_for(history=WINDOW))
+    first = await live.sio({"token": make_token("roamer")})
+    drop(first.client.eio.ws)  # SEAM: python-engineio's client's ``eio.ws`` (see above)
+    await hub_empty(live)
+    sent = await post_ids(live, order("roamer", 0))
+    ws = await live.session.ws_connect(f"{live.base}/socket.io/?EIO=4&transport=websocket", autoclose=False)
+    assert (await ws.receive_str(timeout=3)).startswith("0")
+    await ws.send_str("40" + orjson.dumps({"token": make_token("roamer")}).decode())
+    connected = orjson.loads((await ws.receive_str(timeout=3))[2:])
+    assert connected["pid"]  # defect: a resumed session had pid ""
+    event = await ws.receive_str(timeout=3)
+    assert orjson.loads(event[2:])[-1] == sent[0]
+    await ws.close()
+
+
+async def test_no_resume_after_a_socketio_transport_closed_by_the_client_with_1000(
+    start_server: StartServer, settings_for: Callable[..., Settings]
+) -> None:
+    live = await start_server(settings_for(history=WINDOW))
+    ws = await live.sio_ws({"token": make_token("closer")})
+    await ws.close()  # WebSocket close 1000, no Socket.IO DISCONNECT: the tab was closed
+    await hub_empty(live)
+    await post_ids(live, order("closer", 0))
+    client = await live.sio({"token": make_token("closer")})
+    await asyncio.sleep(0.3)
+    assert client.events == []
+    await client.close()
+
+
+async def test_socketio_sessions_resuming_by_last_event_id_each_get_a_pid_of_their_own(live: Live) -> None:
+    ws, connected = await live.ws_ready(token=make_token("exact"))
+    position = connected["data"]["lastEventId"]
+    await ws.close()
+    pids = []
+    for _ in range(2):
+        raw = await live.session.ws_connect(
+            f"{live.base}/socket.io/?EIO=4&transport=websocket", autoclose=False
+        )
+        assert (await raw.receive_str(timeout=3)).startswith("0")
+        await raw.send_str(
+            "40" + orjson.dumps({"token": make_token("exact"), "lastEventId": position}).decode()
+        )
+        pids.append(orjson.loads((await raw.receive_str(timeout=3))[2:])["pid"])
+        await raw.close()
+    assert all(pids) and pids[0] != pids[1], pids  # defect: both were "" (one shared session key)
+
+
+async def test_no_resume_after_a_close_frame_without_a_code(
+    start_server: StartServer, settings_for: Callable[..., Settings]
+) -> None:
+    """A browser's ``ws.close()`` sends a close frame with no code (1005): the client's own close."""
+    from tests.test_websocket_frames import CLOSE, client_frame, raw_connect
+
+    live = await start_server(settings_for(history=WINDOW))
+    raw = await raw_connect(live, f"/api/ws?token={make_token('tab')}")
+    assert (await raw.message())["type"] == "connected"
+    raw.send(client_frame(CLOSE, b""))
+    await hub_empty(live)
+    raw.writer.close()
+    await post_ids(live, order("tab", 0))
+    again, connected = await live.ws_ready(token=make_token("tab"))
+    assert connected["data"]["resumed"] is False
+    await no_message(again)
+    await again.close()

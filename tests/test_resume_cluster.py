@@ -1,0 +1,176 @@
+"""Resume without id across real processes sharing Redis: after a restart (SIGTERM, 1012) and
+after a kill (SIGKILL: the process saves nothing), the hook reconnecting to the other process
+gets what it missed (contract §7)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from server.events import parse_event_id
+from tests.clients import ADMIN_KEY, Live, SioClient, make_token, no_message, recv, recv_close
+from tests.process import ServerProcess
+from tests.redis_server import RedisServer
+from tests.test_cluster import all_ready, wait_until
+
+
+@pytest.fixture
+def config_file() -> Iterator[str]:
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as handle:
+        handle.write("redis:\n  presence_ttl_seconds: 1.5\n")
+    yield handle.name
+    os.unlink(handle.name)
+
+
+@pytest.fixture
+async def pair(redis: RedisServer, config_file: str) -> AsyncIterator[list[Live]]:
+    processes = [
+        ServerProcess(
+            {"REDIS_URL": redis.url, "CONFIG_FILE": config_file, "DYNO": f"web.{i}", "LOG_LEVEL": "warning"}
+        )
+        for i in range(2)
+    ]
+    for process in processes:
+        process.start()
+    await asyncio.gather(*(asyncio.to_thread(p.wait_healthy) for p in processes))
+    session = aiohttp.ClientSession()
+    nodes = [Live(base=p.base, app=p, session=session, admin_key=ADMIN_KEY) for p in processes]
+    await wait_until(lambda: all_ready(nodes), what="both processes ready")
+    yield nodes
+    await session.close()
+    for process in processes:
+        process.close()
+        print(process.stderr[-3000:])  # shown by pytest when the test failed
+
+
+def order(user: str, n: int) -> dict[str, Any]:
+    return {"type": "order_updated", "data": {"orderId": f"o-{user}-{n}", "order": {"userId": user}, "n": n}}
+
+
+async def post_ids(node: Live, body: Any) -> list[str]:
+    status, answer = await node.post(body)
+    assert status == 202, answer
+    ids: list[str] = answer["ids"]
+    return ids
+
+
+async def frames_until_quiet(ws: aiohttp.ClientWebSocketResponse) -> list[dict[str, Any]]:
+    frames = []
+    while True:
+        try:
+            frames.append(await recv(ws, timeout=1.0))
+        except TimeoutError:
+            return frames
+
+
+async def sio_ids(node: Live, user: str) -> list[str]:
+    """python-socketio's AsyncClient as it reconnects by default: no position sent."""
+    client = SioClient()
+    await client.connect(node.base, {"token": make_token(user)}, None)
+    await asyncio.sleep(1.0)
+    await client.close()
+    return [args[-1] for _, args in client.events]
+
+
+async def clients_on(node: Live) -> tuple[aiohttp.ClientWebSocketResponse, SioClient]:
+    ws, connected = await node.ws_ready(token=make_token("hook"))
+    assert connected["data"]["resumed"] is False
+    sio = SioClient()
+    await sio.connect(node.base, {"token": make_token("sio")}, None)
+    return ws, sio
+
+
+async def check_resumed_on(survivor: Live, before: list[str], missed: list[str]) -> None:
+    """Each client reconnects without an id: it gets every event it missed, and only its own."""
+    ws, connected = await survivor.ws_ready(token=make_token("hook"))
+    assert connected["data"]["resumed"] is True
+    received = await frames_until_quiet(ws)
+    assert all(frame["data"]["order"]["userId"] == "hook" for frame in received), received
+    ids = [frame["id"] for frame in received]
+    assert ids[-1:] == [missed[0]] and set(ids) <= {*before, missed[0]}, (ids, before, missed)
+    await ws.close()
+    ids = await sio_ids(survivor, "sio")
+    assert ids[-1:] == [missed[1]] and set(ids) <= {*before, missed[1]}, (ids, before, missed)
+
+
+async def test_hook_reconnecting_to_the_other_process_after_a_restart_gets_what_it_missed(
+    pair: list[Live],
+) -> None:
+    doomed, survivor = pair
+    ws, sio = await clients_on(doomed)
+    before = await post_ids(survivor, {"events": [order("hook", 0), order("sio", 0)]})
+    assert (await recv(ws))["id"] == before[0]
+    await sio.wait_for(1)
+    doomed.app.signal(signal.SIGTERM)
+    assert await recv_close(ws) == 1012
+    await ws.close()
+    assert await doomed.app.wait_exit() == 0
+    missed = await post_ids(survivor, {"events": [order("hook", 1), order("sio", 1), order("other", 1)]})
+    await check_resumed_on(survivor, before, missed)
+    await sio.close()
+
+
+async def test_hook_reconnecting_to_the_other_process_after_a_kill_gets_what_it_missed(
+    pair: list[Live],
+) -> None:
+    doomed, survivor = pair
+    ws, sio = await clients_on(doomed)
+    before = await post_ids(survivor, {"events": [order("hook", 0), order("sio", 0)]})
+    assert (await recv(ws))["id"] == before[0]
+    await sio.wait_for(1)
+    doomed.app.kill()  # SIGKILL: nothing runs at its end; its leases are what the others have
+    assert await recv_close(ws) in (1006, None)
+    await ws.close()
+    missed = await post_ids(survivor, {"events": [order("hook", 1), order("sio", 1), order("other", 1)]})
+    await check_resumed_on(survivor, before, missed)
+    await sio.close()
+
+
+async def test_no_resume_on_the_other_process_after_the_clients_own_close(pair: list[Live]) -> None:
+    first, other = pair
+    ws, sio = await clients_on(first)
+    await ws.close()  # 1000
+    await sio.close()  # Socket.IO DISCONNECT
+
+    async def gone() -> bool:
+        _, stats = await first.get("/api/v1/stats")
+        return bool(stats["connections"] == 0)
+
+    await wait_until(gone, "both clients gone")
+    await asyncio.sleep(0.2)  # the lease is dropped in the turn after the close
+    await post_ids(other, {"events": [order("hook", 0), order("sio", 0)]})
+    again, connected = await other.ws_ready(token=make_token("hook"))
+    assert connected["data"]["resumed"] is False
+    await no_message(again)
+    await again.close()
+    assert await sio_ids(other, "sio") == []
+
+
+async def test_versions_are_decided_once_across_two_real_processes(pair: list[Live]) -> None:
+    """Two processes, one Redis: the publish script decides each version once, atomically."""
+
+    def versioned(version: int, **extra: Any) -> dict[str, Any]:
+        data = {"orderId": "o-hook", "order": {"userId": "hook"}, "n": version}
+        return {"type": "order_updated", "data": data, "version": version, **extra}
+
+    assert (await pair[0].post(versioned(5)))[1]["accepted"] == 1
+    status, answer = await pair[1].post(versioned(5))
+    assert status == 202 and answer == {"accepted": 0, "ids": [None], "stale": [0]}, answer
+    # Racing workers: whatever the interleaving, what is accepted goes up in the stream's order.
+    results = await asyncio.gather(
+        *(pair[v % 2].post(versioned(v, idempotencyKey=f"k{v}")) for v in range(6, 40))
+    )
+    ids = [answer["ids"][0] for _, answer in results]
+    kept = sorted((parse_event_id(i), v) for v, i in zip(range(6, 40), ids, strict=True) if i is not None)
+    assert [v for _, v in kept] == sorted(v for _, v in kept) and kept[-1][1] == 39
+    # A retry on the other process repeats the first answer, stale or not.
+    for v, (_, first) in zip(range(6, 40), results, strict=True):
+        _, again = await pair[(v + 1) % 2].post(versioned(v, idempotencyKey=f"k{v}"))
+        assert again == first
