@@ -52,7 +52,6 @@ from server.backplane.base import (
     parse_after,
     select_missed,
 )
-from server.backplane.recent import RecentEvents
 from server.backplane.redis_scripts import (
     COMMAND,
     DROP_LEASES,
@@ -131,8 +130,6 @@ class RedisBackplane(Backplane):
             RespConnection(config.url, tls_verify=config.tls_verify, timeout=BLOCK_MS / 1000 + 3)
             for _ in range(3)
         )
-        # What the tail read lately: replays come from it when it holds them all (recent.py).
-        self._recent = RecentEvents(settings.history.max_events, settings.history.max_age_seconds)
         self._on_event: EventSink | None = None
         self._on_command: CommandSink | None = None
         self._report: Callable[[], NodeReport] | None = None
@@ -249,7 +246,6 @@ class RedisBackplane(Backplane):
                     last = await self._position()
                     self.tail_start = parse_event_id(last)
                 if not self._tail_ok:
-                    self._recent.start(parse_event_id(last))
                     await self._tailer.call("PING")  # ready now, not after a first XREAD's BLOCK
                     if self._connected.is_set():
                         self.metrics.backplane_reconnects.inc()
@@ -285,7 +281,6 @@ class RedisBackplane(Backplane):
                 if b"cmd" in fields:
                     if events:
                         self._on_event(events)
-                        self._recent.read(events, None)
                         events = []
                     self._on_command(orjson.loads(fields[b"cmd"]))
                 else:
@@ -295,7 +290,6 @@ class RedisBackplane(Backplane):
         if events:
             self.metrics.read_from_backplane(events[-1])
             self._on_event(events)
-        self._recent.read(events, parse_event_id(event_id))
         return event_id
 
     async def _position(self) -> str:
@@ -368,10 +362,6 @@ class RedisBackplane(Backplane):
         """Read in pages of ``HISTORY_PAGE_SIZE`` entries, at most ``history.max_events`` in all: a
         position further back than that is expired (the client resyncs), whatever Redis kept."""
         after_id = parse_after(after)
-        if self._tail_ok:
-            recent = self._recent.missed(after_id, rooms)
-            if recent is not None:
-                return recent
         budget = self.settings.history.max_events
         page = max(1, min(HISTORY_PAGE_SIZE, budget + 1))
         # One script call on the history connection (a storm's thousands share it, pipelined).
