@@ -27,6 +27,8 @@ const DEFAULTS = {
   // storm: every client at once (connect-parallel caps it), each with its own credential
   'storm-clients': '10000', 'storm-auth': 'jwt', 'jwt-secret': '', 'storm-replay': '0',
   'storm-parallel': '0', 'storm-timeout': '60',
+  // the replayed events were posted by an earlier process (storm-prepost): their first id and seq
+  'storm-after': '', 'storm-seq-base': '0',
 };
 const opt = { ...DEFAULTS };
 for (let i = 2; i < process.argv.length; i++) {
@@ -512,19 +514,28 @@ function listenOverflows() { // TcpExt ListenOverflows: SYNs/ACKs dropped becaus
 // credential: a JWT (storm-auth jwt), a session cookie for the server's session service
 // (session), or none (insecure / the references). With storm-replay R, R events are posted
 // first and every client connects with the id of the event before them: each must receive all R.
+async function postReplayed(replay) { // the marker, then `replay` events: [marker id, first seq]
+  const marker = await post(storeEvent());
+  if (marker.status !== 202) throw new Error(`storm: marker POST ${marker.status} ${marker.body}`);
+  const base = seqCounter + 1;
+  for (let done = 0; done < replay; done += 100) {
+    const events = Array.from({ length: Math.min(100, replay - done) }, storeEvent);
+    const r = await post({ events });
+    if (r.status !== 202) throw new Error(`storm: POST ${r.status} ${r.body}`);
+  }
+  return [JSON.parse(marker.body).ids[0], base];
+}
+
 async function wlStorm() {
   const n = num('storm-clients'), replay = num('storm-replay'), auth = opt['storm-auth'];
   let lastEventId = null;
-  if (replay) {
-    const marker = await post(storeEvent());
-    if (marker.status !== 202) throw new Error(`storm: marker POST ${marker.status} ${marker.body}`);
-    lastEventId = JSON.parse(marker.body).ids[0];
-    track = { base: seqCounter + 1, hist: new Hist() };
-    for (let done = 0; done < replay; done += 100) {
-      const events = Array.from({ length: Math.min(100, replay - done) }, storeEvent);
-      const r = await post({ events });
-      if (r.status !== 202) throw new Error(`storm: POST ${r.status} ${r.body}`);
-    }
+  if (replay && opt['storm-after']) { // posted before this server started (a deploy)
+    lastEventId = opt['storm-after'];
+    track = { base: num('storm-seq-base'), hist: new Hist() };
+  } else if (replay) {
+    let base;
+    [lastEventId, base] = await postReplayed(replay);
+    track = { base, hist: new Hist() };
   }
   const exp = Math.floor(Date.now() / 1000) + 3600;
   const clients = Array.from({ length: n }, (_, i) => new Client(i, PORTS[i % PORTS.length], [], {
@@ -577,11 +588,15 @@ async function main() {
   if (workloads.includes('memory')) {
     result.memory = await wlMemory(list('mem-clients').map(Number));
   }
+  if (workloads.includes('storm-prepost')) {
+    const [after, base] = await postReplayed(num('storm-replay'));
+    result.storm_prepost = { after, seq_base: base };
+  }
   if (workloads.includes('storm')) {
     result.storm = await wlStorm();
     log(`storm: ${JSON.stringify(result.storm)}`);
   }
-  const loadWls = workloads.filter((w) => w !== 'memory' && w !== 'storm');
+  const loadWls = workloads.filter((w) => !['memory', 'storm', 'storm-prepost'].includes(w));
   if (loadWls.length) {
     const n = num('clients'), nw = Math.min(num('watchers'), n);
     const clients = Array.from({ length: n }, (_, i) => new Client(i, PORTS[i % PORTS.length], i < nw ? ['ingest'] : []));
