@@ -216,12 +216,13 @@ class Client {
   constructor(index, port, stores, cred = {}) {
     this.index = index; this.port = port; this.stores = stores;
     this.token = cred.token || null; this.cookie = cred.cookie || null; this.lastEventId = cred.lastEventId || null;
+    this.user = cred.user || `u${index}`;
     this.ready = false; this.ws = null; this.connectMs = null; this.reset();
   }
   reset() { this.seen = new Uint8Array(256); this.maxRel = -1; this.distinct = 0; this.dup = 0; this.reorder = 0; }
 
   connect(timeoutMs) {
-    const uid = `u${this.index}`;
+    const uid = this.user;
     let path;
     if (PROTO === 'ws') {
       const st = this.stores.length ? `&stores=${this.stores.join(',')}` : '';
@@ -538,9 +539,13 @@ async function wlStorm() {
     track = { base, hist: new Hist() };
   }
   const exp = Math.floor(Date.now() / 1000) + 3600;
+  // Users of their own: clients cut off here must not be resumed by the server (contract §7) into
+  // a later workload's clients of the same name (Redis keeps resume points across processes).
+  const tag = `st${process.pid}`;
   const clients = Array.from({ length: n }, (_, i) => new Client(i, PORTS[i % PORTS.length], [], {
-    token: auth === 'jwt' ? hs256({ sub: `u${i}`, role: 'customer', exp }, opt['jwt-secret'] || 'bench') : null,
-    cookie: auth === 'session' ? `s-${i}` : null,
+    user: `${tag}-${i}`,
+    token: auth === 'jwt' ? hs256({ sub: `${tag}-${i}`, role: 'customer', exp }, opt['jwt-secret'] || 'bench') : null,
+    cookie: auth === 'session' ? `s-${tag}-${i}` : null,
     lastEventId,
   }));
   await sleep(300);

@@ -1,14 +1,14 @@
 'use strict';
 // A platform session endpoint (contract §8) for the storm workload: GET /session answers 200
-// {"userId": "u<N>", "role": "customer"} for the cookie session=s-<N>, 401 without one. It counts
+// {"userId": "<USER>", "role": "customer"} for the cookie session=s-<USER>, 401 without one. It counts
 // the requests and prints the count on SIGTERM (stderr). PORT=… node session-service.js
 const http = require('http');
 
 let requests = 0;
 const server = http.createServer((req, res) => {
   requests++;
-  const m = /(?:^|;\s*)session=s-(\d+)/.exec(req.headers.cookie || '');
-  const body = m ? JSON.stringify({ userId: `u${m[1]}`, role: 'customer' }) : '{"error":"no session"}';
+  const m = /(?:^|;\s*)session=s-([\w.:@-]+)/.exec(req.headers.cookie || '');
+  const body = m ? JSON.stringify({ userId: m[1], role: 'customer' }) : '{"error":"no session"}';
   res.writeHead(m ? 200 : 401, { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(body) });
   res.end(body);
 });
