@@ -101,6 +101,8 @@ class WebSocketSettings:
     client_messages_burst: int = 40
     max_stores_per_connection: int = 100
     connect_timeout_seconds: float = 45.0
+    max_connections: int = 50_000
+    max_connections_per_user: int = 20
 
 
 @dataclass(frozen=True)
@@ -218,6 +220,8 @@ class _WebSocketSchema(_Section):
     client_messages_burst = fields.Integer(validate=_positive)
     max_stores_per_connection = fields.Integer(validate=_positive)
     connect_timeout_seconds = fields.Float(validate=_positive)
+    max_connections = fields.Integer(validate=_positive)
+    max_connections_per_user = fields.Integer(validate=_positive)
 
     @post_load
     def make(self, data: dict[str, Any], **_: Any) -> WebSocketSettings:

@@ -23,7 +23,7 @@ from typing import Any
 
 from engineio import packet as eio_packet
 from engineio.async_socket import AsyncSocket
-from engineio.exceptions import QueueEmpty
+from engineio.exceptions import EngineIOError, QueueEmpty
 from engineio.payload import Payload
 
 from server.background import FixedDelay, spawn
@@ -71,6 +71,7 @@ class LeanSocket(AsyncSocket):  # type: ignore[misc]
     """
 
     ws: EngineWebSocket | None
+    # SEAM: engineio.AsyncSocket.state: connected, upgrading, upgraded, closing, closed, last_ping.
     last_ping: float | None  # python-engineio's: when the unanswered ping was sent
     backlog_packets: int
     backlog_bytes: int
@@ -80,6 +81,7 @@ class LeanSocket(AsyncSocket):  # type: ignore[misc]
     peer_close_code: int | None  # the close code of a WebSocket the client closed
 
     def adopt(self) -> None:
+        # SEAM: engineio.AsyncSocket.queue: python-engineio's own, made in its __init__.
         self._queue: asyncio.Queue[Any] | None = self.__dict__.pop("queue")
         self.ws = None
         self.backlog_packets = 0  # MESSAGEs in the queue, not yet sent (a polling client's backlog)
@@ -146,6 +148,7 @@ class LeanSocket(AsyncSocket):  # type: ignore[misc]
         return self.backlog_bytes <= limit and self.backlog_packets <= MAX_QUEUED_PACKETS
 
     async def send(self, pkt: eio_packet.Packet) -> None:
+        # SEAM: engineio.AsyncSocket.send: every packet python-engineio sends to this client.
         if not await self.check_ping_timeout():
             return
         ws = self.direct()
@@ -164,6 +167,7 @@ class LeanSocket(AsyncSocket):  # type: ignore[misc]
         python-engineio's own client refuses a long-polling payload of more packets than that (16)
         and drops the connection; the rest stay queued for the next poll.
         """
+        # SEAM: engineio.AsyncSocket.poll
         try:
             first = await asyncio.wait_for(
                 self.queue.get(), self.server.ping_interval + self.server.ping_timeout
@@ -186,20 +190,45 @@ class LeanSocket(AsyncSocket):  # type: ignore[misc]
             packets.append(pkt)
         return packets
 
+    async def handle_post_request(self, environ: dict[str, Any]) -> None:
+        # SEAM: engineio.AsyncSocket.handle_post_request: python-engineio's handler of a polling
+        # POST. A payload it cannot parse (not UTF-8, an empty or unknown packet, over 16 packets)
+        # raised ValueError or KeyError, which it logged with a traceback and answered 200. Node's
+        # engine.io closes the session on a parse error: an EngineIOError makes python-engineio do
+        # that (400).
+        # Packets behind the client's own CLOSE packet are ignored: python-engineio raised for them
+        # (an unknown packet type) once the session was gone, and then answered 500.
+        try:
+            await super().handle_post_request(environ)
+        except EngineIOError:
+            if not self.closed:
+                raise
+        except (ValueError, LookupError) as exc:
+            if self.closed:
+                return
+            log.info("socket.io polling client closed: malformed payload", extra={"sid": self.sid})
+            raise EngineIOError(str(exc)) from None
+
     def schedule_ping(self) -> None:
         """The client answered the ping (or has just connected): schedule the next one."""
         if self.last_ping:  # python-engineio's rule: one ping cycle at a time
-            # SEAM: on long-polling, python-engineio's ``receive()`` calls ``schedule_ping`` for a
-            # PONG (``EngineWebSocket.on_message`` does on WebSocket): that is how the ack is seen.
+            # SEAM: engineio.AsyncSocket.schedule_ping: on long-polling, python-engineio's
+            # ``receive()`` calls it for a PONG (``EngineWebSocket.on_message`` does on WebSocket):
+            # that is how the ack is seen.
             if self.ping_mark is not None:
                 self.acked = self.ping_mark  # the PONG came after everything before the PING
             self.last_ping = None
             self.server.pings.add(self)
 
     async def close(self, wait: bool = True, abort: bool = False, reason: Any = None) -> None:
+        # SEAM: engineio.AsyncSocket.close
         await super().close(wait=False, abort=abort, reason=reason)
         if self.ws is not None:
             self.ws.close(CLOSE_NORMAL)  # after the CLOSE packet, if one was sent
+        elif abort and self._queue is not None:
+            # No CLOSE packet is queued (the client sent its own, or stopped answering): a long-poll
+            # still waiting would hold its request for ping_interval + ping_timeout. Answer it now.
+            self._queue.put_nowait(eio_packet.Packet(eio_packet.NOOP))
         elif wait and self._queue is not None:
             # A polling client gets what is queued (the CLOSE packet) at its next poll. One that
             # never polls again must not hold the socket, nor the request closing it, forever.
@@ -295,11 +324,12 @@ class WebSocketDriver:
     send_limit = DEFAULT_SEND_LIMIT
 
     def __init__(self, handler: Any, server: Any) -> None:
-        self.socket: LeanSocket = handler.__self__  # the socket's own handler, which we replace
+        # SEAM: engineio.AsyncSocket._websocket_handler: the socket's own handler, which we replace.
+        self.socket: LeanSocket = handler.__self__
         self.server = server
 
     async def __call__(self, environ: dict[str, Any]) -> Any:
-        request = environ["aiohttp.request"]
+        request = environ["aiohttp.request"]  # SEAM: engineio.environ.aiohttp.request
         response, deflate = handshake(request, self.compress)
         socket = self.socket
         ws = EngineWebSocket(socket, self.server.max_http_buffer_size, deflate, self.send_limit)

@@ -8,6 +8,7 @@ pre-encoded frame into its own bounded buffer, and a connection whose buffer ove
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from abc import ABC, abstractmethod
@@ -21,10 +22,12 @@ from server.events import Event, EventBatch, EventId
 from server.metrics import Metrics
 
 log = logging.getLogger(__name__)
+_serials = itertools.count()
 
 CLOSE_SLOW_CONSUMER = 1008
 CLOSE_RESTART = 1012
 CLOSE_KICKED = 4001
+CLOSE_TOO_MANY_FOR_USER = 4008
 CLOSE_RATE_LIMITED = 4429
 
 
@@ -43,11 +46,13 @@ class Connection(ABC):
         "closed",
         "identity",
         "rooms",
+        "serial",
         "start_position",
     )
 
     def __init__(self, identity: Identity, rate: float, burst: int) -> None:
         self.identity = identity
+        self.serial = next(_serials)  # connection order, process-wide: the oldest has the lowest
         self.rooms: set[str] = set()
         self.closed = False
         # Live events wait here while missed events are replayed (see ``release``).
@@ -308,6 +313,17 @@ class Hub:
 
     def by_transport(self) -> dict[str, int]:
         return {transport: count for transport, count in self._by_transport.items() if count}
+
+    def close_oldest(self, user_id: str, keep: int, code: int, reason: str) -> int:
+        """Close ``user_id``'s oldest open connections until at most ``keep`` are left."""
+        members = self.rooms.get(user_room(user_id), ())
+        if len(members) <= keep:
+            return 0
+        open_ones = sorted((conn for conn in members if not conn.closed), key=lambda conn: conn.serial)
+        oldest = open_ones[: max(0, len(open_ones) - keep)]
+        for conn in oldest:
+            conn.close(code, reason)
+        return len(oldest)
 
     def close_user(self, user_id: str, code: int, reason: str) -> int:
         self.flush()  # events published before the close reach the user first

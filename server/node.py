@@ -8,11 +8,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from handlers.subscriptions import STAFF_PREFIX, staff_rooms, store_room, store_rooms, viewed_stores
-from server.auth import Identity
+from server.auth import AuthError, Identity
 from server.backplane.base import Backplane, BackplaneUnavailable, HistoryExpired, NodeReport
 from server.config import Settings
 from server.events import Event, EventId, OutgoingEvent, parse_event_id
-from server.hub import CLOSE_KICKED, Connection, Hub
+from server.hub import CLOSE_KICKED, CLOSE_TOO_MANY_FOR_USER, Connection, Hub
 from server.metrics import Metrics
 from server.resume import ResumeBook
 
@@ -121,6 +121,12 @@ class Node:
 
     # --- connections ----------------------------------------------------------------------
 
+    def check_capacity(self) -> None:
+        """Refuse a new connection while this process is at ``websocket.max_connections`` (1013 /
+        CONNECT_ERROR ``unavailable``: try again, likely on another process); existing ones stay."""
+        if len(self.hub.connections) >= self.settings.websocket.max_connections:
+            raise AuthError("unavailable", "this server is at its connection limit: try again later")
+
     async def connect(
         self,
         conn: Connection,
@@ -136,6 +142,10 @@ class Node:
         """
         self.hub.add(conn, rooms)
         self.backplane.mark_user(conn.user_id)
+        cap = self.settings.websocket.max_connections_per_user
+        closed = self.hub.close_oldest(conn.user_id, cap, CLOSE_TOO_MANY_FOR_USER, "too many connections")
+        if closed:  # a reconnect loop (or a script) cannot pile up sockets for one user
+            log.info("oldest connections closed", extra={"userId": conn.user_id, "connections": closed})
         resume = Resume()
         point = None
         try:

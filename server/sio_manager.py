@@ -16,5 +16,6 @@ import socketio
 
 class HubManager(socketio.AsyncManager):  # type: ignore[misc]
     def basic_enter_room(self, sid: str, namespace: str, room: Any, eio_sid: str | None = None) -> None:
+        # SEAM: socketio.AsyncManager.basic_enter_room: the None room is its index of connected clients.
         if room is None:
             super().basic_enter_room(sid, namespace, room, eio_sid=eio_sid)

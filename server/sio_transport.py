@@ -29,7 +29,13 @@ from server.auth import Authenticator, AuthError, Credentials, Identity
 from server.background import FixedDelay, spawn
 from server.config import Settings
 from server.events import Event
-from server.hub import CLOSE_KICKED, CLOSE_RATE_LIMITED, CLOSE_SLOW_CONSUMER, Connection
+from server.hub import (
+    CLOSE_KICKED,
+    CLOSE_RATE_LIMITED,
+    CLOSE_SLOW_CONSUMER,
+    CLOSE_TOO_MANY_FOR_USER,
+    Connection,
+)
 from server.identity.errors import CLOSE_CODES
 from server.node import Node, Resume
 from server.sio_manager import HubManager
@@ -42,13 +48,24 @@ NAMESPACE = "/"
 BINARY_EVENT, BINARY_ACK = str(sio_packet.BINARY_EVENT), str(sio_packet.BINARY_ACK)
 # What a client may send (protocol v5); binary packets are refused before parsing.
 CLIENT_PACKETS = (sio_packet.CONNECT, sio_packet.DISCONNECT, sio_packet.EVENT, sio_packet.ACK)
+# Event names a client may not send (Node's socket.io-parser refuses them): python-socketio would
+# call our own connect and disconnect handlers with what the client sent. And "*", python-socketio's
+# catch-all, which would call ours with the client's arguments in place of the event name and sid.
+RESERVED_EVENTS = frozenset(
+    {"connect", "connect_error", "disconnect", "disconnecting", "newListener", "removeListener", "*"}
+)
 
 # What python-socketio keeps of a client's handshake request after CONNECT (it keeps the whole
 # environ, aiohttp's request included, for the connection's life); what ``_admit`` reads.
 KEPT_ENVIRON = ("HTTP_ORIGIN", "HTTP_HOST", "QUERY_STRING", "HTTP_AUTHORIZATION", "HTTP_COOKIE")
 # Closes meant to be final, which socket.io-client must not retry by itself (it stops on
 # ``io server disconnect``): kicked by the admin API, token expired or session ended, refresh refused.
-FINAL_CLOSES = frozenset({CLOSE_KICKED, CLOSE_CODES["unauthorized"], CLOSE_CODES["forbidden"]})
+# Closes that socket.io-client must not answer by reconnecting (a DISCONNECT packet is sent):
+# a kick, a credential that is no longer good, and the per-user cap (a reconnect would only
+# close the next oldest tab, round and round).
+FINAL_CLOSES = frozenset(
+    {CLOSE_KICKED, CLOSE_CODES["unauthorized"], CLOSE_CODES["forbidden"], CLOSE_TOO_MANY_FOR_USER}
+)
 
 
 class RealtimeEngine(engineio.AsyncServer):  # type: ignore[misc]
@@ -56,17 +73,30 @@ class RealtimeEngine(engineio.AsyncServer):  # type: ignore[misc]
 
     def __init__(self, compress: bool, send_buffer_bytes: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        # SEAM: python-engineio's ``_async`` table names the class that serves a WebSocket request.
+        # SEAM: engineio.AsyncServer._async: its table names the class that serves a WebSocket request.
         self._async: dict[str, Any] = dict(self._async, websocket=eio.driver(compress, send_buffer_bytes))
         self.pings = eio.PingScheduler(self.ping_interval, self.ping_timeout)
 
     async def handle_request(self, request: web.Request) -> web.StreamResponse:
-        # SEAM: python-engineio's entry point for every Engine.IO HTTP request (its aiohttp route).
+        # SEAM: engineio.AsyncServer.handle_request: every Engine.IO HTTP request (its aiohttp route).
         if "j" in request.query:
             # JSONP answers are scripts any site may load with the visitor's cookies: never served.
             return web.json_response({"code": 3, "message": "JSONP polling is not served"}, status=400)
+        origin = request.headers.get("Origin")
+        environ = {"HTTP_HOST": request.host, "HTTP_UPGRADE": request.headers.get("Upgrade", "")}
+        if origin and not self.cors_allowed_origins(origin, environ):
+            # Refused here, as Node's allowRequest does (403), with one info line: python-engineio
+            # would log an ERROR per new origin, which any page can vary at will.
+            log.info("engine.io request refused", extra={"reason": "origin not allowed", "origin": origin})
+            return web.json_response({"code": 4, "message": "Forbidden"}, status=403)
         response: web.StreamResponse = await super().handle_request(request)
         return response
+
+    def _log_error_once(self, message: str, message_key: str) -> None:
+        # SEAM: engineio.AsyncServer._log_error_once: how python-engineio reports a client's bad
+        # request (unknown sid, protocol version or transport), at ERROR the first time: a client's
+        # mistake is no error of the server's, and must not page anyone. Logged as its repeats are.
+        self.logger.info(message)
 
 
 class RealtimeServer(socketio.AsyncServer):  # type: ignore[misc]
@@ -82,12 +112,13 @@ class RealtimeServer(socketio.AsyncServer):  # type: ignore[misc]
         self.connect_deadlines: FixedDelay[str] = FixedDelay(connect_timeout, self._connected_in_time)
 
     def _engineio_server_class(self) -> Any:
-        # SEAM: python-socketio builds its Engine.IO server from this method's answer.
+        # SEAM: socketio.AsyncServer._engineio_server_class: its Engine.IO server is built from this.
         return functools.partial(RealtimeEngine, self._compress, self.send_buffer_bytes)
 
     async def _handle_eio_connect(self, eio_sid: str, environ: dict[str, Any]) -> None:
+        # SEAM: socketio.AsyncServer._handle_eio_connect: a new Engine.IO session.
         socket = self.eio.sockets[eio_sid]
-        socket.__class__ = eio.LeanSocket  # made by python-engineio: see LeanSocket
+        socket.__class__ = eio.LeanSocket  # SEAM: engineio.AsyncSocket.__class__ (see LeanSocket)
         socket.adopt()
         self.connect_deadlines.add(eio_sid)
         await super()._handle_eio_connect(eio_sid, {k: environ[k] for k in KEPT_ENVIRON if k in environ})
@@ -126,7 +157,12 @@ class RealtimeServer(socketio.AsyncServer):  # type: ignore[misc]
         return ok
 
     async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
-        # SEAM: python-socketio's entry point for every Engine.IO message of a client.
+        # SEAM: socketio.AsyncServer._handle_eio_message: every Engine.IO message of a client.
+        socket = self.socket(eio_sid)
+        if socket is None or socket.closing or socket.closed:
+            # Sent after the session's end (e.g. behind the client's own CLOSE packet): python-socketio
+            # has forgotten the session, and a CONNECT would raise inside it. Node drops these too.
+            return
         if not isinstance(data, str) or data[:1] in (BINARY_EVENT, BINARY_ACK):
             # No client of this server sends binary, and python-socketio would hold every message
             # after an attachment count (any number) until that many came.
@@ -136,8 +172,12 @@ class RealtimeServer(socketio.AsyncServer):  # type: ignore[misc]
             pkt = self.packet_class(encoded_packet=data)
         except Exception:  # python-socketio's parser raises whatever it meets (ValueError, KeyError...)
             pkt = None
-        if pkt is None or pkt.packet_type not in CLIENT_PACKETS:
+        if pkt is None or pkt.packet_type not in CLIENT_PACKETS or not valid_payload(pkt):
             self._refuse_packet(eio_sid, "malformed Socket.IO packet")
+            return
+        if pkt.packet_type == sio_packet.ACK:
+            # We never emit with a callback, so no ACK is awaited: python-socketio would log a
+            # warning for each one (a log flood at a client's will); Node ignores them silently.
             return
         await super()._handle_eio_message(eio_sid, data)
 
@@ -150,6 +190,7 @@ class RealtimeServer(socketio.AsyncServer):  # type: ignore[misc]
         self.close_transport(eio_sid, CLOSE_PROTOCOL_ERROR, reason)
 
     async def _send_packet(self, eio_sid: str, pkt: sio_packet.Packet) -> None:
+        # SEAM: socketio.AsyncServer._send_packet: every packet python-socketio sends.
         if pkt.packet_type == sio_packet.CONNECT and isinstance(pkt.data, dict):
             pid = self.pids.get(pkt.data.get("sid", ""))
             if pid is not None:
@@ -161,6 +202,7 @@ class RealtimeServer(socketio.AsyncServer):  # type: ignore[misc]
         self.write(eio_sid, encoded.encode())  # bounded: a client that never reads is closed
 
     async def _handle_connect(self, eio_sid: str, namespace: str | None, data: Any) -> None:
+        # SEAM: socketio.AsyncServer._handle_connect: its CONNECT reply is written when it returns.
         await super()._handle_connect(eio_sid, namespace, data)
         sid = self.manager.sid_from_eio_sid(eio_sid, namespace or NAMESPACE)
         pending = self.pending.pop(sid, None) if sid else None
@@ -176,7 +218,12 @@ class RealtimeServer(socketio.AsyncServer):  # type: ignore[misc]
         if socket.ws is not None and socket.upgraded:
             socket.ws.close(code, reason)
         else:
-            spawn(socket.close(wait=False, abort=False))
+            # Long-polling: end the session without an Engine.IO CLOSE packet (abort=True). Python's
+            # engineio client takes CLOSE as a server disconnect and never reconnects; here the
+            # waiting poll gets a NOOP (``on_disconnect``), the next request a 400 for the unknown
+            # session, or no answer once the process is gone: a transport error, which every client
+            # retries, as it retries the WebSocket's close frame.
+            spawn(socket.close(wait=False, abort=True))
 
 
 class SocketIOConnection(Connection):
@@ -310,6 +357,7 @@ class SocketIOEndpoint:
     ) -> tuple[Identity, list[str], str | None, str, bool]:
         """Identity, rooms, the id to resume after, the session's pid, and whether the client sent
         any position at all (``lastEventId``, ``pid`` or ``offset``)."""
+        self.node.check_capacity()
         if auth is None:
             auth = {}
         if not isinstance(auth, dict):
@@ -442,6 +490,27 @@ class SocketIOEndpoint:
         if conn is not None and not conn.allow_message():
             conn.close(CLOSE_RATE_LIMITED, "too many messages")
         return _refusal(f"unknown event {str(event)[:64]!r}")
+
+
+def valid_payload(pkt: sio_packet.Packet) -> bool:
+    """Node's socket.io-parser's rule (``isPayloadValid``) for what a client sends: an EVENT is a
+    list that starts with its name (a string that is not reserved, or a number), an ACK a list.
+
+    python-socketio takes any JSON: ``42`` (no data) and ``42[]`` raised inside it (a traceback
+    per packet), ``42[[1]]`` too, and ``42["disconnect"]`` ran our disconnect handler while the
+    client stayed connected (it left the hub: no more events, shown offline).
+    """
+    data = pkt.data
+    if pkt.packet_type == sio_packet.EVENT:
+        if not isinstance(data, list) or not data:
+            return False
+        name = data[0]
+        if isinstance(name, str):
+            return name not in RESERVED_EVENTS
+        return isinstance(name, int | float) and not isinstance(name, bool)
+    if pkt.packet_type == sio_packet.ACK:
+        return isinstance(data, list)
+    return True
 
 
 def library_logger(name: str) -> logging.Logger:

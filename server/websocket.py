@@ -150,14 +150,16 @@ def take_over(request: web.Request, response: bytes, protocol: WebSocketProtocol
     aiohttp_protocol: Any = request.protocol
     assert transport is not None
     # A client may not send before it has our 101, but keep anything that came early.
-    early: bytes = getattr(aiohttp_protocol, "_message_tail", b"")
+    early: bytes = getattr(
+        aiohttp_protocol, "_message_tail", b""
+    )  # SEAM: aiohttp.RequestHandler._message_tail
     if hold:
         protocol.head = response
     else:
         transport.write(response)
     transport.set_protocol(protocol)
-    aiohttp_protocol.transport = None  # so that it does not close the socket
-    aiohttp_protocol.connection_lost(None)
+    aiohttp_protocol.transport = None  # SEAM: aiohttp.RequestHandler.transport (it must not close it)
+    aiohttp_protocol.connection_lost(None)  # SEAM: aiohttp.RequestHandler.connection_lost
     protocol.connection_made(transport)
     if early:
         protocol.data_received(early)
@@ -170,6 +172,7 @@ class TakenOver(web.StreamResponse):
         super().__init__(status=101)
 
     async def prepare(self, request: web.BaseRequest) -> None:
+        # SEAM: aiohttp.StreamResponse.prepare: aiohttp writes a response only through these two.
         return None
 
     async def write_eof(self, data: bytes = b"") -> None:

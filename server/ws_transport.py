@@ -183,6 +183,7 @@ class WebSocketEndpoint:
     async def _admit(self, request: web.Request) -> tuple[Identity, list[str]]:
         query = request.query
         headers = request.headers
+        self.node.check_capacity()
         self.authenticator.check_origin(headers.get("Origin"), request.host)
         token = query.get("token") or bearer_token(headers.get("Authorization"))
         cookie_name = self.authenticator.settings.cookie_name

@@ -8,11 +8,13 @@ import tempfile
 from collections.abc import Callable
 
 import pytest
+import socketio
 
 from server.config import Settings
-from tests.clients import ADMIN_KEY, Live
+from tests.clients import ADMIN_KEY, Live, SioClient, make_token, recv, recv_close
 from tests.conftest import StartServer
 from tests.process import running_server
+from tests.support import eventually
 
 
 def store_event(n: int) -> dict[str, object]:
@@ -88,3 +90,52 @@ async def test_an_http_connection_trickling_its_headers_is_closed_after_the_idle
             writer.close()
     finally:
         os.unlink(config.name)
+
+
+async def test_beyond_max_connections_new_clients_get_1013_and_existing_ones_are_untouched(
+    start_server: StartServer, settings_for: Callable[..., Settings]
+) -> None:
+    live = await start_server(settings_for(websocket={"max_connections": 2}))
+    first, _ = await live.ws_ready(token=make_token("u1"))
+    second = await live.sio({"token": make_token("u2")})
+    refused = await live.ws(token=make_token("u3"))
+    assert await recv_close(refused) == 1013
+    client = SioClient()
+    with pytest.raises(socketio.exceptions.ConnectionError):
+        await client.connect(live.base, {"token": make_token("u4")}, None)
+    assert client.connect_error["message"] == "unavailable"
+    assert len(live.node.hub.connections) == 2
+    await first.send_str('{"type":"ping"}')
+    assert await recv(first) == {"type": "pong"}
+    assert second.client.connected
+    await first.close()
+    await second.close()
+
+
+async def test_beyond_max_connections_per_user_the_oldest_are_closed_4008(
+    start_server: StartServer, settings_for: Callable[..., Settings]
+) -> None:
+    live = await start_server(settings_for(websocket={"max_connections_per_user": 2}))
+    oldest, _ = await live.ws_ready(token=make_token("u1"))
+    oldest_sio = await live.sio({"token": make_token("u1")})
+    other_user, _ = await live.ws_ready(token=make_token("u2"))
+    newest, _ = await live.ws_ready(token=make_token("u1"))  # third of u1: the oldest goes
+    assert await recv_close(oldest) == 4008
+    newer_still, _ = await live.ws_ready(token=make_token("u1"))  # fourth: the Socket.IO one goes
+
+    async def sio_kicked() -> bool:
+        return not oldest_sio.client.connected
+
+    await eventually(sio_kicked, within=5)
+    assert oldest_sio.disconnect_reasons == ["server disconnect"]  # a DISCONNECT: final, no reconnect
+    assert not oldest_sio.events  # a DISCONNECT is not an event
+    status, _ = await live.post(
+        {"type": "order_updated", "data": {"orderId": "o1", "order": {"userId": "u1"}}}
+    )
+    assert status == 202
+    assert (await recv(newest))["type"] == "order_updated"
+    assert (await recv(newer_still))["type"] == "order_updated"
+    await other_user.send_str('{"type":"ping"}')
+    assert await recv(other_user) == {"type": "pong"}
+    for ws in (newest, newer_still, other_user):
+        await ws.close()
