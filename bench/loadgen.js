@@ -3,7 +3,7 @@
 // websocket, no socket.io-client) plus an HTTP publisher. Prints ONE JSON object on stdout.
 //
 //   node loadgen.js --proto ws|sio --ports 3001[,3002] --pub-port 3001 --pids PID[,PID]
-//                   --workloads throughput,ingest | memory   [options, see DEFAULTS]
+//                   --workloads throughput,ingest | memory | storm   [options, see DEFAULTS]
 //
 // (The latency workload is latency.py: it times frames by the kernel's receive timestamps.)
 //
@@ -24,6 +24,11 @@ const DEFAULTS = {
   duration: '10', warmup: '1', batch: '25', window: '100', 'drain-timeout': '10',
   'ingest-duration': '5', 'ingest-concurrency': '4', 'ingest-batch': '100', watchers: '10',
   'frame-bytes': '300',
+  // storm: every client at once (connect-parallel caps it), each with its own credential
+  'storm-clients': '10000', 'storm-auth': 'jwt', 'jwt-secret': '', 'storm-replay': '0',
+  'storm-parallel': '0', 'storm-timeout': '60',
+  // the replayed events were posted by an earlier process (storm-prepost): their first id and seq
+  'storm-after': '', 'storm-seq-base': '0',
 };
 const opt = { ...DEFAULTS };
 for (let i = 2; i < process.argv.length; i++) {
@@ -133,7 +138,7 @@ function readNumber(buf, pos) { // non-negative decimal (int or fraction) straig
 const WS_GUID = '258EAFA5-E914-47DA-95CA-C5AB0DC85B11';
 class LightSocket {
   // Callbacks: onopen(), onmessage(Buffer), onclose(code), onerror(Error).
-  constructor(port, path) {
+  constructor(port, path, extraHeaders = '') {
     this.onopen = this.onmessage = this.onclose = this.onerror = null;
     this.open = false; this.closeCode = 1006; this.pending = null; this.fragments = null;
     const key = crypto.randomBytes(16).toString('base64');
@@ -142,7 +147,7 @@ class LightSocket {
     this.sock = sock;
     sock.setNoDelay(true);
     sock.on('connect', () => sock.write(`GET ${path} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n`
-      + `Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: ${key}\r\nSec-WebSocket-Version: 13\r\n\r\n`));
+      + `Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: ${key}\r\nSec-WebSocket-Version: 13\r\n${extraHeaders}\r\n`));
     sock.on('data', (chunk) => this.received(chunk));
     sock.on('error', (e) => { if (!this.open && this.onerror) this.onerror(e); });
     sock.on('close', () => { const was = this.open; this.open = false; if (this.onclose) this.onclose(was ? this.closeCode : 1006); });
@@ -208,23 +213,28 @@ class LightSocket {
 }
 
 class Client {
-  constructor(index, port, stores) {
+  constructor(index, port, stores, cred = {}) {
     this.index = index; this.port = port; this.stores = stores;
-    this.ready = false; this.ws = null; this.reset();
+    this.token = cred.token || null; this.cookie = cred.cookie || null; this.lastEventId = cred.lastEventId || null;
+    this.user = cred.user || `u${index}`;
+    this.ready = false; this.ws = null; this.connectMs = null; this.reset();
   }
   reset() { this.seen = new Uint8Array(256); this.maxRel = -1; this.distinct = 0; this.dup = 0; this.reorder = 0; }
 
   connect(timeoutMs) {
-    const uid = `u${this.index}`;
+    const uid = this.user;
     let path;
     if (PROTO === 'ws') {
       const st = this.stores.length ? `&stores=${this.stores.join(',')}` : '';
-      path = `/api/ws?userId=${uid}&role=customer${st}`;
+      const tok = this.token ? `&token=${this.token}` : '';
+      const last = this.lastEventId ? `&lastEventId=${this.lastEventId}` : '';
+      path = `/api/ws?userId=${uid}&role=customer${st}${tok}${last}`;
     } else {
       path = `/socket.io/?EIO=4&transport=websocket`;
     }
+    const t0 = now();
     return new Promise((resolve, reject) => {
-      const ws = new LightSocket(this.port, path);
+      const ws = new LightSocket(this.port, path, this.cookie ? `Cookie: session=${this.cookie}\r\n` : '');
       this.ws = ws;
       const timer = setTimeout(() => { ws.terminate(); reject(new Error('connect timeout')); }, timeoutMs);
       const fail = (e) => { clearTimeout(timer); if (!this.ready) reject(e); };
@@ -241,13 +251,14 @@ class Client {
           try { type = JSON.parse(s).type; } catch { /* not JSON */ }
           if (type === 'connected') this.ready = true;
         } else if (s[0] === '0') {
-          const auth = { userId: uid, role: 'customer' };
+          const auth = this.token ? { token: this.token } : this.cookie ? {} : { userId: uid, role: 'customer' };
           if (this.stores.length) auth.stores = this.stores;
+          if (this.lastEventId) auth.lastEventId = this.lastEventId;
           ws.send(`40${JSON.stringify(auth)}`);
         } else if (s.startsWith('40')) this.ready = true;
         else if (s.startsWith('44')) return fail(new Error(`connect_error ${s}`));
         else if (s === '2') ws.send('3');
-        if (this.ready) { clearTimeout(timer); resolve(this); }
+        if (this.ready) { this.readyAt = now(); this.connectMs = this.readyAt - t0; clearTimeout(timer); resolve(this); }
       };
     });
   }
@@ -482,6 +493,96 @@ async function wlMemory(targets) {
   return out;
 }
 
+// ---------------------------------------------------------------- storm (reconnect storm)
+const b64url = (b) => Buffer.from(b).toString('base64url');
+function hs256(claims, secret) { // a real HS256 JWT, as a platform would issue it
+  const head = b64url(JSON.stringify({ alg: 'HS256', typ: 'JWT' })) + '.' + b64url(JSON.stringify(claims));
+  return head + '.' + crypto.createHmac('sha256', secret).update(head).digest('base64url');
+}
+function listenOverflows() { // TcpExt ListenOverflows: SYNs/ACKs dropped because an accept queue was full (whole host)
+  try {
+    const lines = fs.readFileSync('/proc/net/netstat', 'utf8').split('\n');
+    for (let i = 0; i + 1 < lines.length; i += 2) {
+      if (!lines[i].startsWith('TcpExt:')) continue;
+      const names = lines[i].split(/\s+/), values = lines[i + 1].split(/\s+/);
+      return Number(values[names.indexOf('ListenOverflows')]);
+    }
+  } catch { /* not Linux */ }
+  return NaN;
+}
+
+// Every client connects at once (at most storm-parallel in flight; 0 = all), each with its own
+// credential: a JWT (storm-auth jwt), a session cookie for the server's session service
+// (session), or none (insecure / the references). With storm-replay R, R events are posted
+// first and every client connects with the id of the event before them: each must receive all R.
+async function postReplayed(replay) { // the marker, then `replay` events: [marker id, first seq]
+  const marker = await post(storeEvent());
+  if (marker.status !== 202) throw new Error(`storm: marker POST ${marker.status} ${marker.body}`);
+  const base = seqCounter + 1;
+  for (let done = 0; done < replay; done += 100) {
+    const events = Array.from({ length: Math.min(100, replay - done) }, storeEvent);
+    const r = await post({ events });
+    if (r.status !== 202) throw new Error(`storm: POST ${r.status} ${r.body}`);
+  }
+  return [JSON.parse(marker.body).ids[0], base];
+}
+
+async function wlStorm() {
+  const n = num('storm-clients'), replay = num('storm-replay'), auth = opt['storm-auth'];
+  let lastEventId = null;
+  if (replay && opt['storm-after']) { // posted before this server started (a deploy)
+    lastEventId = opt['storm-after'];
+    track = { base: num('storm-seq-base'), hist: new Hist() };
+  } else if (replay) {
+    let base;
+    [lastEventId, base] = await postReplayed(replay);
+    track = { base, hist: new Hist() };
+  }
+  const exp = Math.floor(Date.now() / 1000) + 3600;
+  // Users of their own: clients cut off here must not be resumed by the server (contract §7) into
+  // a later workload's clients of the same name (Redis keeps resume points across processes).
+  const tag = `st${process.pid}`;
+  const clients = Array.from({ length: n }, (_, i) => new Client(i, PORTS[i % PORTS.length], [], {
+    user: `${tag}-${i}`,
+    token: auth === 'jwt' ? hs256({ sub: `${tag}-${i}`, role: 'customer', exp }, opt['jwt-secret'] || 'bench') : null,
+    cookie: auth === 'session' ? `s-${tag}-${i}` : null,
+    lastEventId,
+  }));
+  await sleep(300);
+  const overflows0 = listenOverflows();
+  const a = snapshot();
+  const t0 = a.t;
+  const parallel = num('storm-parallel') || n;
+  const conn = await connectMany(clients, parallel, num('storm-timeout') * 1000);
+  const b = snapshot();
+  const ok = live(clients);
+  let drained = true;
+  if (replay) drained = await drain(ok, replay);
+  await sleep(200); // let the server finish what it does after the last frame
+  const c = snapshot();
+  const overflows1 = listenOverflows();
+  const hist = new Hist();
+  let lastLive = t0;
+  for (const cl of ok) { hist.add(cl.connectMs); if (cl.readyAt > lastLive) lastLive = cl.readyAt; }
+  const secs = (lastLive - t0) / 1000;
+  const r = (x, k = 100) => (Number.isFinite(x) ? Math.round(x * k) / k : null);
+  const h = hist.summary();
+  const out = {
+    clients: n, auth, replay, parallel, connected: ok.length, failed: conn.failed, errors: conn.errors,
+    seconds_to_last_live: r(secs), connects_per_s: r(ok.length / secs, 1),
+    connect_p50_ms: h.p50_ms, connect_p99_ms: h.p99_ms, connect_max_ms: h.max_ms,
+    server_cpu_us_per_connect: ok.length ? r((c.server - a.server) / ok.length, 10) : null,
+    server_cpu_pct: r(((b.server - a.server) / 1e4) / ((b.t - a.t) / 1000), 10),
+    loadgen_cpu_pct: r(((b.self - a.self) / 1e4) / ((b.t - a.t) / 1000), 10),
+    redis_cpu_us_per_connect: REDIS_PID && ok.length ? r((c.redis - a.redis) / ok.length, 10) : null,
+    other_cpu_pct: windowFigures(a, b).other_cpu_pct,
+    listen_overflows: overflows1 - overflows0,
+  };
+  if (replay) Object.assign(out, { drained, ...seqReport(ok, replay) });
+  for (const cl of clients) cl.ws && cl.ws.terminate();
+  return out;
+}
+
 // ---------------------------------------------------------------- main
 async function main() {
   calibratePadding();
@@ -492,7 +593,15 @@ async function main() {
   if (workloads.includes('memory')) {
     result.memory = await wlMemory(list('mem-clients').map(Number));
   }
-  const loadWls = workloads.filter((w) => w !== 'memory');
+  if (workloads.includes('storm-prepost')) {
+    const [after, base] = await postReplayed(num('storm-replay'));
+    result.storm_prepost = { after, seq_base: base };
+  }
+  if (workloads.includes('storm')) {
+    result.storm = await wlStorm();
+    log(`storm: ${JSON.stringify(result.storm)}`);
+  }
+  const loadWls = workloads.filter((w) => !['memory', 'storm', 'storm-prepost'].includes(w));
   if (loadWls.length) {
     const n = num('clients'), nw = Math.min(num('watchers'), n);
     const clients = Array.from({ length: n }, (_, i) => new Client(i, PORTS[i % PORTS.length], i < nw ? ['ingest'] : []));

@@ -35,6 +35,7 @@ def serve(settings: Settings) -> int:
     from aiohttp import web
 
     from server.app import create_app
+    from server.listen import listen_backlog
 
     if settings.auth.insecure:
         log.warning("AUTH_INSECURE=1: userId and role are trusted from the query; development only")
@@ -67,6 +68,7 @@ def serve(settings: Settings) -> int:
             port=settings.port,
             print=listening,
             access_log=None,
+            backlog=listen_backlog(settings.backlog),
             keepalive_timeout=settings.http_idle_timeout_seconds,
             shutdown_timeout=settings.shutdown_timeout_seconds / 2,
             loop=uvloop.new_event_loop(),

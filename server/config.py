@@ -138,6 +138,9 @@ class Settings:
     log_level: str = "info"
     log_format: str = "text"
     shutdown_timeout_seconds: float = 10.0
+    # Connections the kernel queues before the server accepts them (listen(2)); aiohttp's 128
+    # overflowed in reconnect storms. The kernel caps it at net.core.somaxconn.
+    backlog: int = 4096
     http_idle_timeout_seconds: float = 15.0
     cors_allowed_origins: tuple[str, ...] = ()
     auth: AuthSettings = field(default_factory=AuthSettings)
@@ -278,6 +281,7 @@ class _SettingsSchema(_Section):
     log_level = fields.String(validate=validate.OneOf(["debug", "info", "warning", "error", "critical"]))
     log_format = fields.String(validate=validate.OneOf(["text", "json"]))
     shutdown_timeout_seconds = fields.Float(validate=_positive)
+    backlog = fields.Integer(validate=validate.Range(min=1, max=65535))
     http_idle_timeout_seconds = fields.Float(validate=_positive)
     cors_allowed_origins = fields.List(fields.String(validate=validate.Length(min=1)))
     auth = fields.Nested(_AuthSchema)

@@ -333,13 +333,14 @@ class WebSocketDriver:
         response, deflate = handshake(request, self.compress)
         socket = self.socket
         ws = EngineWebSocket(socket, self.server.max_http_buffer_size, deflate, self.send_limit)
-        take_over(request, response, ws)
+        take_over(request, response, ws, hold=True)
         socket.ws = ws
         if ws.state == "probe":
             socket.upgrading = True  # hold packet sends during the upgrade
         else:
             socket.connected = socket.upgraded = True
-            socket.flush_queue()  # the OPEN packet, and whatever followed it
+            socket.flush_queue()  # the OPEN packet, and whatever followed it, with the 101
+        ws.flush_head()
         return TakenOver()
 
 

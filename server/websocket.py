@@ -139,11 +139,12 @@ def handshake(request: web.Request, compression: bool) -> tuple[bytes, bool]:
     return b"\r\n".join(response) + b"\r\n\r\n", deflated
 
 
-def take_over(request: web.Request, response: bytes, protocol: WebSocketProtocol) -> None:
+def take_over(request: web.Request, response: bytes, protocol: WebSocketProtocol, hold: bool = False) -> None:
     """Write the ``101`` and move the socket from aiohttp to ``protocol``.
 
     aiohttp is told the connection is gone (without closing it): it frees what it held for it,
-    and the handler's return value is never written.
+    and the handler's return value is never written. With ``hold``, the ``101`` goes out with
+    the protocol's first write (the greeting that always follows): one system call, not two.
     """
     transport = request.transport
     aiohttp_protocol: Any = request.protocol
@@ -152,7 +153,10 @@ def take_over(request: web.Request, response: bytes, protocol: WebSocketProtocol
     early: bytes = getattr(
         aiohttp_protocol, "_message_tail", b""
     )  # SEAM: aiohttp.RequestHandler._message_tail
-    transport.write(response)
+    if hold:
+        protocol.head = response
+    else:
+        transport.write(response)
     transport.set_protocol(protocol)
     aiohttp_protocol.transport = None  # SEAM: aiohttp.RequestHandler.transport (it must not close it)
     aiohttp_protocol.connection_lost(None)  # SEAM: aiohttp.RequestHandler.connection_lost
@@ -193,6 +197,7 @@ class WebSocketProtocol(asyncio.Protocol):
         "_ping_payload",
         "acked",
         "deflate",
+        "head",
         "max_message_bytes",
         "peer_closed_with",
         "send_limit",
@@ -221,6 +226,7 @@ class WebSocketProtocol(asyncio.Protocol):
         self._close_sent = False
         self._close_code: int | None = None
         self._heard = True  # anything received since the last heartbeat
+        self.head = b""  # the handshake's answer, held for the first write (``take_over``)
         # The last ping's payload and what it marks (see ``Heartbeat``); ``acked``: the mark of
         # the last ping the client answered.
         self._ping_payload: bytes | None = None
@@ -396,6 +402,9 @@ class WebSocketProtocol(asyncio.Protocol):
         transport = self.transport
         if transport is None or self._close_sent:
             return False
+        if self.head:
+            data = self.head + data
+            self.head = b""
         transport.write(data)
         if bounded and transport.get_write_buffer_size() > self.send_limit:
             self.on_overflow()
@@ -422,10 +431,17 @@ class WebSocketProtocol(asyncio.Protocol):
         self._close_sent = True
         if self._close_code is None:
             self._close_code = code
-        transport.write(close_frame(code, reason))
+        head, self.head = self.head, b""
+        transport.write(head + close_frame(code, reason))
         if transport.can_write_eof():
             transport.write_eof()
         asyncio.get_running_loop().call_later(self.closing_timeout, transport.abort)
+
+    def flush_head(self) -> None:
+        """Write a held handshake answer now, when no first write followed it."""
+        if self.head and self.transport is not None:
+            self.transport.write(self.head)
+        self.head = b""
 
     def ping(self, ping_frame: bytes, payload: bytes, mark: str | None) -> bool:
         """Ping the client; False if it has sent nothing since the last ping (it is then cut off).

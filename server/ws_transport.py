@@ -133,14 +133,14 @@ class WebSocketEndpoint:
             if _gone(request):
                 return TakenOver()
             socket = WebSocketProtocol(self.settings.max_message_bytes)
-            take_over(request, response, socket)
-            socket.close(exc.close_code, exc.message)
+            take_over(request, response, socket, hold=True)
+            socket.close(exc.close_code, exc.message)  # the 101 and the close frame: one write
             return TakenOver()
         if _gone(request):
             return TakenOver()  # the client left during its session lookup: nothing to upgrade
         conn = WebSocketConnection(self, identity, deflate)
         socket = conn.socket
-        take_over(request, response, socket)
+        take_over(request, response, socket, hold=True)  # sent with the ``connected`` frame
         assert socket.transport is not None
         # Nothing the client sends is answered before its ``connected`` frame.
         socket.transport.pause_reading()
@@ -156,6 +156,7 @@ class WebSocketEndpoint:
         except Exception:
             log.exception("websocket connect failed")
             conn.close(CLOSE_INTERNAL_ERROR, "internal error")
+        socket.flush_head()  # written already, unless the client left meanwhile
         if socket.transport is not None and not conn.closed:
             socket.transport.resume_reading()
             self.heartbeat.add(socket)

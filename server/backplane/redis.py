@@ -55,6 +55,8 @@ from server.backplane.base import (
 from server.backplane.redis_scripts import (
     COMMAND,
     DROP_LEASES,
+    HISTORY,
+    HISTORY_PAGE,
     POSITION,
     PUBLISH,
     SAVE_CHUNK,
@@ -76,7 +78,7 @@ PRESENCE_FLUSH_SECONDS = 0.1
 STATS_FLUSH_SECONDS = 1.0
 STARTUP_WAIT_SECONDS = 2.0
 
-HISTORY_PAGE = 1000  # entries per XRANGE when replaying
+HISTORY_PAGE_SIZE = 1000  # entries per XRANGE when replaying
 
 
 def _id(raw: bytes | str) -> str:
@@ -122,10 +124,17 @@ class RedisBackplane(Backplane):
             options.update(ssl_cert_reqs="none", ssl_check_hostname=False)
         self.redis: aioredis.Redis = aioredis.from_url(config.url, **options)
         # The hot path (publish, tail) bypasses redis-py: see server/backplane/resp.py.
-        self._publisher, self._tailer = (
+        # History has its own: a reconnect storm sends thousands of reads at once, pipelined on one
+        # connection (redis-py's pool stops at 100 connections: the rest were told to resync).
+        self._publisher, self._tailer, self._history = (
             RespConnection(config.url, tls_verify=config.tls_verify, timeout=BLOCK_MS / 1000 + 3)
-            for _ in range(2)
+            for _ in range(3)
         )
+        # Entries read from Redis for replays, parsed once: after a deploy, the clients that reconnect
+        # to a fresh process miss mostly the same events, and each parse (JSON checks, an Event
+        # whose frames are built once, then shared) cost ~5 µs per event per client. Stream
+        # entries never change; Redis still decides which ones a client gets.
+        self._replayed: dict[bytes, Event] = {}
         self._on_event: EventSink | None = None
         self._on_command: CommandSink | None = None
         self._report: Callable[[], NodeReport] | None = None
@@ -161,6 +170,7 @@ class RedisBackplane(Backplane):
         await asyncio.wait(self._tasks, timeout=BLOCK_MS / 1000 + 1)
         self._publisher.close()
         self._tailer.close()
+        self._history.close()
         with contextlib.suppress(RedisError, OSError):
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.zrem(self.nodes_key, self.node)
@@ -212,10 +222,16 @@ class RedisBackplane(Backplane):
         async with self._reachable():
             await self._eval(COMMAND, [self.settings.history.max_events, orjson.dumps(command)])
 
-    async def _eval(self, script: str, args: list[Any], keys: Sequence[str] | None = None) -> Any:
+    async def _eval(
+        self,
+        script: str,
+        args: list[Any],
+        keys: Sequence[str] | None = None,
+        connection: RespConnection | None = None,
+    ) -> Any:
         """Run a script (on the stream's keys unless told) by its SHA, sending its text only when
         Redis lacks it."""
-        call = self._publisher.call
+        call = (connection or self._publisher).call
         if keys is None:
             keys = (self.stream, self.floor_key, self.added_key)
         try:
@@ -348,19 +364,15 @@ class RedisBackplane(Backplane):
             await asyncio.gather(*calls)
 
     async def history(self, after: str, rooms: Collection[str]) -> list[Event]:
-        """Read in pages of ``HISTORY_PAGE`` entries, at most ``history.max_events`` in all: a
+        """Read in pages of ``HISTORY_PAGE_SIZE`` entries, at most ``history.max_events`` in all: a
         position further back than that is expired (the client resyncs), whatever Redis kept."""
         after_id = parse_after(after)
         budget = self.settings.history.max_events
-        page = max(1, min(HISTORY_PAGE, budget + 1))
-        async with self._reachable(), self.redis.pipeline(transaction=True) as pipe:
-            pipe.get(self.floor_key)
-            pipe.get(self.added_key)
-            pipe.xlen(self.stream)
-            pipe.xrange(self.stream, "-", "+", count=1)
-            pipe.xrevrange(self.stream, "+", "-", count=1)
-            pipe.xrange(self.stream, f"({after}", "+", count=page)
-            floor_raw, added, length, first, newest, entries = await pipe.execute()
+        page = max(1, min(HISTORY_PAGE_SIZE, budget + 1))
+        # One script call on the history connection (a storm's thousands share it, pipelined).
+        async with self._reachable():
+            reply = await self._eval(HISTORY, [f"({after}", page], connection=self._history)
+        floor_raw, added, length, first, newest, entries = reply
         if floor_raw is None:
             raise HistoryExpired(after)  # the stream was lost (e.g. Redis restarted empty)
         floor = parse_event_id(_id(floor_raw))
@@ -380,22 +392,35 @@ class RedisBackplane(Backplane):
             read += len(entries)
             if read > budget:
                 raise HistoryExpired(after)  # more than the history holds: refetch instead
-            for raw_id, fields in entries:
-                if b"cmd" not in fields:
-                    with contextlib.suppress(KeyError, ValueError, TypeError):
-                        event = _parse_entry(_id(raw_id), fields)
-                        if not wanted.isdisjoint(event.rooms):  # nobody is replayed another's order
-                            missed.append(event)
+            for raw_id, flat in entries:  # [id, [field, value, field, value...]]
+                event = self._replayed.get(raw_id) or self._parse_replayed(raw_id, flat)
+                if event is not None and not wanted.isdisjoint(event.rooms):  # nobody gets another's order
+                    missed.append(event)
             if len(entries) < page:
                 return select_missed(missed, after_id, rooms)
             entries = await self._next_page(_id(entries[-1][0]), after, page)
 
+    def _parse_replayed(self, raw_id: bytes, flat: list[bytes]) -> Event | None:
+        """A stream entry read for a replay, as an Event kept for the next client that misses it."""
+        fields = dict(zip(flat[::2], flat[1::2], strict=False))
+        if b"cmd" in fields:
+            return None
+        try:
+            event = _parse_entry(_id(raw_id), fields)
+        except (KeyError, ValueError, TypeError):
+            return None
+        replayed = self._replayed
+        replayed[raw_id] = event
+        if len(replayed) > self.settings.history.max_events:
+            del replayed[next(iter(replayed))]  # the oldest kept
+        return event
+
     async def _next_page(self, last_read: str, after: str, page: int) -> Any:
         """The entries after ``last_read``; expired if trimming reached past it meanwhile."""
-        async with self._reachable(), self.redis.pipeline(transaction=True) as pipe:
-            pipe.xrange(self.stream, "-", "+", count=1)
-            pipe.xrange(self.stream, f"({last_read}", "+", count=page)
-            first, entries = await pipe.execute()
+        async with self._reachable():
+            first, entries = await self._eval(
+                HISTORY_PAGE, [f"({last_read}", page], keys=(self.stream,), connection=self._history
+            )
         first_kept = parse_event_id(_id(first[0][0])) if first else None
         last_read_id = parse_event_id(last_read)
         if first_kept is not None and last_read_id is not None and first_kept > last_read_id:
@@ -509,11 +534,12 @@ class RedisBackplane(Backplane):
 
     async def save_session(self, pid: str, state: dict[str, Any], ttl: int) -> None:
         async with self._reachable():
-            await self.redis.set(f"{self.session_prefix}{pid}", orjson.dumps(state), ex=ttl)
+            # On every Socket.IO connect: the lean connection, not redis-py's pool (100 at most).
+            await self._history.call("SET", f"{self.session_prefix}{pid}", orjson.dumps(state), "EX", ttl)
 
     async def load_session(self, pid: str) -> dict[str, Any] | None:
         async with self._reachable():
-            raw = await self.redis.get(f"{self.session_prefix}{pid}")
+            raw = await self._history.call("GET", f"{self.session_prefix}{pid}")
         return orjson.loads(raw) if raw else None
 
 

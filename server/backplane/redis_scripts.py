@@ -145,7 +145,36 @@ for i = 1, #KEYS do redis.call('HDEL', KEYS[i], ARGV[1]) end
 """
 SAVE_CHUNK = 1000  # resume points per script call: Redis is never blocked long by one
 
+# A replay's first page, in one call (KEYS: stream, floor, added; ARGV: "(ID" exclusive, page):
+# the floor, the count of entries ever added, the stream's length, its first and newest entries,
+# and up to a page of entries after the id.
+HISTORY = """
+local floor = redis.call('GET', KEYS[2])
+local added = redis.call('GET', KEYS[3])
+local length = redis.call('XLEN', KEYS[1])
+local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
+local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+local entries = redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', ARGV[2])
+return {floor, added, length, first, newest, entries}
+"""
+
+# The next page (KEYS: stream; ARGV: "(ID", page): the stream's first entry, then the page.
+HISTORY_PAGE = """
+return {redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1),
+        redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', ARGV[2])}
+"""
+
 SHA = {
     script: hashlib.sha1(script.encode()).hexdigest()
-    for script in (PUBLISH, COMMAND, POSITION, START_POSITION, SAVE_RESUME, SAVE_LEASES, DROP_LEASES)
+    for script in (
+        PUBLISH,
+        COMMAND,
+        POSITION,
+        START_POSITION,
+        SAVE_RESUME,
+        SAVE_LEASES,
+        DROP_LEASES,
+        HISTORY,
+        HISTORY_PAGE,
+    )
 }

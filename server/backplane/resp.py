@@ -32,6 +32,9 @@ class ReplyLost(ConnectionError):
 
 class _Protocol(asyncio.Protocol):
     def __init__(self) -> None:
+        # Kept, not looked up per command: on Python 3.11 every asyncio.get_running_loop() (and
+        # with it asyncio.timeout and current_task) makes a getpid system call.
+        self.loop = asyncio.get_running_loop()
         self.parser = hiredis.Reader(replyError=ResponseError, notEnoughData=_MORE)
         self.waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
         self.transport: asyncio.Transport | None = None
@@ -63,6 +66,11 @@ class _Protocol(asyncio.Protocol):
                 waiter.set_exception(error)
 
 
+def _expire(waiter: asyncio.Future[Any]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
+
+
 class RespConnection:
     """One connection to the Redis at ``url``; ``call`` sends a command and returns its reply."""
 
@@ -88,20 +96,23 @@ class RespConnection:
 
     @staticmethod
     async def _send(protocol: _Protocol, args: tuple[str | bytes | int | float, ...], seconds: float) -> Any:
-        waiter = asyncio.get_running_loop().create_future()
+        waiter = protocol.loop.create_future()
         protocol.waiting.append(waiter)
         assert protocol.transport is not None
         # hiredis's stub types ``args`` as a 1-tuple; it packs any length.
         protocol.transport.write(hiredis.pack_command(args))  # type: ignore[arg-type]
+        # One timer handle, not asyncio.timeout (a context object, current_task, two loop lookups).
+        timer = protocol.loop.call_later(seconds, _expire, waiter)
         try:
-            async with asyncio.timeout(seconds):
-                reply = await waiter
+            reply = await waiter
         except BaseException as exc:
             # A later reply would be taken for the next command's: this connection is done.
             protocol.fail(ConnectionError(f"an earlier command on this connection ended: {exc!r}"))
             if isinstance(exc, ConnectionError | TimeoutError):
                 raise ReplyLost(f"no reply from Redis ({exc})") from exc
             raise
+        finally:
+            timer.cancel()
         if isinstance(reply, ResponseError):
             raise reply
         return reply
