@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
 import os
 import resource
 import socket
 import sys
 import time
+from multiprocessing.sharedctypes import Synchronized
 from pathlib import Path
 
 import aiohttp
@@ -37,12 +39,16 @@ def free_port() -> int:
 
 
 class SessionService:
-    def __init__(self, delay: float) -> None:
+    """The platform's session endpoint, in a process of its own (in the clients' process, 10,000
+    connecting clients starve it and the server's lookups time out: that would measure the bench)."""
+
+    def __init__(self, delay: float, requests: Synchronized) -> None:  # type: ignore[type-arg]
         self.delay = delay
-        self.requests = 0
+        self.requests = requests
 
     async def handle(self, request: web.Request) -> web.Response:
-        self.requests += 1
+        with self.requests.get_lock():
+            self.requests.value += 1
         session = request.cookies.get("session", "")
         if not session.startswith("s-"):
             return web.json_response({"error": "no session"}, status=401)
@@ -78,28 +84,13 @@ async def storm(http: aiohttp.ClientSession, base: str, clients: int, sessions: 
     return list(sockets), time.perf_counter() - started
 
 
-async def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--clients", type=int, default=10_000)
-    parser.add_argument("--sessions", type=int, default=500, help="distinct session cookies (users)")
-    parser.add_argument(
-        "--service-delay", type=float, default=0.005, help="seconds the service takes to answer"
-    )
-    args = parser.parse_args()
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 2 * args.clients + 1000)), hard))
-
-    service = SessionService(args.service_delay)
+def serve_sessions(port: int, delay: float, requests: Synchronized) -> None:  # type: ignore[type-arg]
     app = web.Application()
-    app.router.add_get("/session", service.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    service_port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", service_port, backlog=4096).start()
+    app.router.add_get("/session", SessionService(delay, requests).handle)
+    web.run_app(app, host="127.0.0.1", port=port, backlog=4096, print=None, access_log=None)
 
+
+async def main(args: argparse.Namespace, service_port: int, requests: Synchronized) -> None:  # type: ignore[type-arg]
     port = free_port()
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
@@ -126,20 +117,41 @@ async def main() -> None:
                 await asyncio.sleep(0.05)
             print(f"{args.clients} clients, {args.sessions} distinct sessions, one server process")
             for name in ("cold cache (fresh process)", "warm cache (everyone reconnects)"):
-                before = service.requests
+                before = requests.value
                 sockets, seconds = await storm(http, base, args.clients, args.sessions)
                 ok = [ws for ws in sockets if ws is not None]
                 print(
                     f"  {name}: {len(ok)}/{args.clients} connected in {seconds:.2f} s = "
-                    f"{len(ok) / seconds:,.0f} connects/s; session requests: {service.requests - before}"
+                    f"{len(ok) / seconds:,.0f} connects/s; session requests: {requests.value - before}"
                 )
                 await asyncio.gather(*(ws.close() for ws in ok))
                 await asyncio.sleep(0.5)
     finally:
         server.terminate()
         await asyncio.wait_for(server.wait(), 15)
-        await runner.cleanup()
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--clients", type=int, default=10_000)
+    parser.add_argument("--sessions", type=int, default=500, help="distinct session cookies (users)")
+    parser.add_argument(
+        "--service-delay", type=float, default=0.005, help="seconds the service takes to answer"
+    )
+    arguments = parser.parse_args()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 2 * arguments.clients + 1000)), hard))
+    # Started before any event loop exists in this process (a fork of a running loop is unsafe).
+    counter: Synchronized = multiprocessing.Value("q", 0)  # type: ignore[type-arg]
+    session_port = free_port()
+    service = multiprocessing.Process(
+        target=serve_sessions, args=(session_port, arguments.service_delay, counter), daemon=True
+    )
+    service.start()
+    try:
+        asyncio.run(main(arguments, session_port, counter))
+    finally:
+        service.terminate()
+        service.join(5)
