@@ -110,9 +110,10 @@ async def test_session_answers_that_refuse_the_client_on_both_transports(
     assert refusal["message"] == kind, refusal
     unavailable = [r for r in log_watch.records if r.getMessage() == "session service unavailable"]
     if kind == "unavailable":
-        # Never cached: each client asked, and each failed lookup is one log line saying why.
+        # Never cached: each client asked. Failed lookups are logged with why, one line a second
+        # at most (in an outage every reconnecting client fails one).
         assert session_service.total == 2
-        assert len(unavailable) == 2 and all(getattr(r, "reason", "") for r in unavailable)
+        assert len(unavailable) == 1 and getattr(unavailable[0], "reason", "")
     else:
         assert not unavailable
 

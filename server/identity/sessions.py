@@ -89,6 +89,8 @@ class SessionVerifier:
         # (ok, unauthorized, forbidden, unavailable), and each answer taken from the cache.
         self.on_lookup: Callable[[str], None] = lambda result: None
         self.on_cache_hit: Callable[[], None] = lambda: None
+        self._unavailable = 0  # failed lookups since the last line logged about them
+        self._unavailable_logged = -1.0
         # A per-process key: the hashes mean nothing outside this process, not even to someone
         # who can read its memory and guess cookies offline.
         self._salt = secrets.token_bytes(32)
@@ -198,9 +200,19 @@ class SessionVerifier:
                 self.on_lookup("ok")
                 return parsed
             reason = parsed
-        log.warning("session service unavailable", extra={"reason": reason})
+        self._log_unavailable(reason)
         self.on_lookup("unavailable")
         return "unavailable"
+
+    def _log_unavailable(self, reason: str) -> None:
+        """One line a second at most: in an outage every reconnecting client fails a lookup."""
+        self._unavailable += 1
+        now = time.monotonic()
+        if now - self._unavailable_logged >= 1.0:
+            log.warning(
+                "session service unavailable", extra={"reason": reason, "failures": self._unavailable}
+            )
+            self._unavailable, self._unavailable_logged = 0, now
 
 
 def _parse(body: bytes) -> SessionAnswer | str:
