@@ -113,7 +113,7 @@ async def test_session_answers_that_refuse_the_client_on_both_transports(
         # Never cached: each client asked. Failed lookups are logged with why, one line a second
         # at most (in an outage every reconnecting client fails one).
         assert session_service.total == 2
-        assert len(unavailable) == 1 and getattr(unavailable[0], "reason", "")
+        assert len(unavailable) == 1 and unavailable[0].__dict__.get("reason")
     else:
         assert not unavailable
 
