@@ -116,6 +116,7 @@ class Hist {
 const stats = { deliveries: 0, strays: 0, formatErrors: 0, sampled: 0, drops: 0, closeCodes: {} };
 let track = { base: 0, hist: new Hist() }; // seq >= base belongs to the current workload
 const SEQ = Buffer.from('"seq":');
+const RESYNC = Buffer.from('"resync"'); // told to refetch: what it missed is not replayed (contract §7)
 const TS = Buffer.from('"ts":');
 
 function readNumber(buf, pos) { // non-negative decimal (int or fraction) straight from bytes
@@ -219,7 +220,7 @@ class Client {
     this.user = cred.user || `u${index}`;
     this.ready = false; this.ws = null; this.connectMs = null; this.reset();
   }
-  reset() { this.seen = new Uint8Array(256); this.maxRel = -1; this.distinct = 0; this.dup = 0; this.reorder = 0; }
+  reset() { this.seen = new Uint8Array(256); this.maxRel = -1; this.distinct = 0; this.dup = 0; this.reorder = 0; this.resyncs = 0; }
 
   connect(timeoutMs) {
     const uid = this.user;
@@ -269,7 +270,10 @@ class Client {
       if (buf[0] !== 52 || buf[1] !== 50) return; // not 42[...] (event)
     }
     const i = buf.indexOf(SEQ);
-    if (i < 0) return; // connected / pong / other control frames
+    if (i < 0) { // connected / pong / other control frames
+      if (buf.includes(RESYNC)) this.resyncs++;
+      return;
+    }
     const seq = readNumber(buf, i + SEQ.length);
     const j = buf.indexOf(TS, i);
     const t = now();
@@ -352,9 +356,9 @@ function startTracking(clients) {
   for (const c of clients) c.reset();
 }
 function seqReport(clients, posted) {
-  let distinct = 0, dup = 0, reorder = 0;
-  for (const c of clients) { distinct += c.distinct; dup += c.dup; reorder += c.reorder; }
-  return { expected: posted * clients.length, received_distinct: distinct, lost: posted * clients.length - distinct, duplicated: dup, reordered: reorder };
+  let distinct = 0, dup = 0, reorder = 0, resynced = 0;
+  for (const c of clients) { distinct += c.distinct; dup += c.dup; reorder += c.reorder; if (c.resyncs) resynced++; }
+  return { expected: posted * clients.length, received_distinct: distinct, lost: posted * clients.length - distinct, duplicated: dup, reordered: reorder, resynced_clients: resynced };
 }
 async function drain(clients, posted) {
   const want = posted * clients.length;
