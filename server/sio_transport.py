@@ -27,6 +27,7 @@ from handlers.subscriptions import SubscriptionError, base_rooms, store_rooms, v
 from server import eio
 from server.auth import Authenticator, AuthError, Credentials, Identity
 from server.background import FixedDelay, spawn
+from server.backplane.base import BackplaneUnavailable
 from server.config import Settings
 from server.events import Event
 from server.hub import CLOSE_KICKED, CLOSE_RATE_LIMITED, CLOSE_SLOW_CONSUMER, Connection
@@ -310,7 +311,12 @@ class SocketIOEndpoint:
         pid: str = auth.get("pid") or ""
         if pid and auth.get("offset"):
             # socket.io-client's own recovery: restore the session's stores, resume after offset.
-            session = await self.node.backplane.load_session(pid)
+            try:
+                session = await self.node.backplane.load_session(pid)
+            except BackplaneUnavailable:
+                # Redis is down: resume from the offset alone; the history read then fails too
+                # and the client is told to resync (history_unavailable), not left hanging.
+                session = None
             if session is not None and session.get("userId") == identity.user_id:
                 stores = list(dict.fromkeys([*stores, *session.get("stores", [])]))
                 after = auth["offset"]
