@@ -340,6 +340,8 @@ class SocketIOEndpoint:
                 {"userId": conn.user_id, "stores": stores},
                 max(60, self.settings.history.max_age_seconds),
             )
+        except BackplaneUnavailable as exc:  # Redis is down: its outage is logged where it is seen
+            log.warning("could not save session for recovery: %s", exc)
         except Exception:  # recovery is best effort; the connection itself is fine
             log.warning("could not save session for recovery", exc_info=True)
 
