@@ -156,6 +156,7 @@ def start(
         "JWT_SECRET": JWT_SECRET,
         "ADMIN_API_KEYS": ADMIN_KEY,
         "LOG_LEVEL": "warning",
+        **dict(item.split("=", 1) for item in args.env or ()),
     }
     redis: subprocess.Popen[bytes] | None = None
     if args.redis:
@@ -225,6 +226,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
             redis.wait()
     return {
         "backplane": "redis" if args.redis else "memory",
+        "env": args.env or [],
         "total": args.total,
         "concurrent": args.concurrent,
         "connected": connected,
@@ -254,6 +256,9 @@ def main() -> int:
         help="run the server as ``python WRAPPER...`` instead of ``python -m server``, and send it "
         "SIGUSR1 before and after the churn (e.g. a script that dumps tracemalloc snapshots)",
     )
+    parser.add_argument(
+        "--env", nargs="+", metavar="KEY=VALUE", help="more environment for the server (e.g. LD_PRELOAD=...)"
+    )
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
     import uvloop
@@ -262,7 +267,8 @@ def main() -> int:
     print(
         f"churn: {result['connected']:,}/{result['total']:,} connections "
         f"({result['concurrent']:,} at a time, "
-        f"half plain WS, half Socket.IO; {result['backplane']} backplane) in {result['churn_seconds']} s; "
+        f"half plain WS, half Socket.IO; {result['backplane']} backplane{' ' if args.env else ''}"
+        f"{' '.join(args.env or [])}) in {result['churn_seconds']} s; "
         f"RSS at start {result['rss_at_start_mib']} MiB"
     )
     print(
