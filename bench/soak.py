@@ -168,6 +168,7 @@ class Dyno:
     starts: int = 0
     exits: list[tuple[str, int, float]] = field(default_factory=list)  # (why, code, seconds to exit)
     peak_rss_kib: int = 0
+    end_rss_kib: int = 0
     _signalled: tuple[str, float] | None = None
     _log: IO[bytes] | None = None
 
@@ -206,6 +207,7 @@ class Dyno:
     def sample(self) -> None:
         if self.process is not None:
             self.peak_rss_kib = max(self.peak_rss_kib, _status(self.process.pid, "VmHWM"))
+            self.end_rss_kib = _status(self.process.pid, "VmRSS")
 
     def healthy(self) -> bool:
         try:
@@ -627,7 +629,12 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
             "given_up": publisher.given_up,
         },
         "processes": {
-            d.name: {"starts": d.starts, "exits": d.exits, "peak_rss_mib": round(d.peak_rss_kib / 1024, 1)}
+            d.name: {
+                "starts": d.starts,
+                "exits": d.exits,
+                "peak_rss_mib": round(d.peak_rss_kib / 1024, 1),
+                "rss_at_end_mib": round(d.end_rss_kib / 1024, 1),
+            }
             for d in dynos
         },
         "alive_at_end": alive,
@@ -663,7 +670,7 @@ def report(summary: dict[str, Any]) -> None:
     )
     for name, proc in summary["processes"].items():
         print(
-            f"{name}: peak RSS {proc['peak_rss_mib']} MiB, "
+            f"{name}: peak RSS {proc['peak_rss_mib']} MiB (at the end {proc['rss_at_end_mib']} MiB), "
             f"started {proc['starts']} times, exits {proc['exits']}"
         )
     print(
