@@ -35,8 +35,10 @@ class Connection(ABC):
     """One client connection, of either transport. Subclasses only know how to write and close."""
 
     transport: ClassVar[str]
-    # Slots: one of these per client, 10,000s per process.
+    # Slots: one of these per client, 10,000s per process. ``__weakref__``: the identity lifetime
+    # schedule refers to connections weakly, so a closed one is freed at once.
     __slots__ = (
+        "__weakref__",
         "_burst",
         "_held",
         "_rate",

@@ -27,6 +27,7 @@ from handlers.subscriptions import SubscriptionError, base_rooms, store_rooms, v
 from server import eio
 from server.auth import Authenticator, AuthError, Credentials, Identity
 from server.background import FixedDelay, spawn
+from server.backplane.base import BackplaneUnavailable
 from server.config import Settings
 from server.events import Event
 from server.hub import (
@@ -391,7 +392,12 @@ class SocketIOEndpoint:
         sent_position = bool(after or pid or auth.get("offset"))
         if pid and auth.get("offset"):
             # socket.io-client's own recovery: restore the session's stores, resume after offset.
-            session = await self.node.backplane.load_session(pid)
+            try:
+                session = await self.node.backplane.load_session(pid)
+            except BackplaneUnavailable:
+                # Redis is down: resume from the offset alone; the history read then fails too
+                # and the client is told to resync (history_unavailable), not left hanging.
+                session = None
             if session is not None and session.get("userId") == identity.user_id:
                 stores = list(dict.fromkeys([*stores, *session.get("stores", [])]))
                 after = auth["offset"]
@@ -415,6 +421,8 @@ class SocketIOEndpoint:
                 {"userId": conn.user_id, "stores": stores},
                 max(60, self.settings.history.max_age_seconds),
             )
+        except BackplaneUnavailable as exc:  # Redis is down: its outage is logged where it is seen
+            log.warning("could not save session for recovery: %s", exc)
         except Exception:  # recovery is best effort; the connection itself is fine
             log.warning("could not save session for recovery", exc_info=True)
 

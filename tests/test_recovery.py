@@ -9,8 +9,11 @@ from typing import Any
 
 import aiohttp
 import orjson
+import pytest
 
 from tests.clients import Live, make_token, no_message, recv
+from tests.conftest import StartServer, make_settings
+from tests.redis_server import RedisServer
 
 
 def store_event(seq: int) -> dict[str, Any]:
@@ -192,3 +195,28 @@ async def test_socketio_pid_and_offset_restore_session_and_missed_events(live: L
     )
     assert connect["pid"] != pid
     await ws.close()
+
+
+async def test_socketio_resuming_by_pid_while_redis_is_down_is_told_to_resync(
+    start_server: StartServer, redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by bench/soak.py: the session lookup raised out of the CONNECT handler, the client
+    got no answer and the log a traceback."""
+    live = await start_server(make_settings(redis={"url": redis.url}))
+    token = make_token("alice")
+    ws, connect = await _engineio_connect(live, {"token": token})
+    pid = connect["pid"]
+    _, body = await live.post(store_event(1))
+    assert (await _next_event(ws))[-1] == body["ids"][0]
+    await ws.close()
+    redis.stop()
+    caplog.clear()
+    ws, connect = await asyncio.wait_for(
+        _engineio_connect(live, {"token": token, "pid": pid, "offset": body["ids"][0]}), 5
+    )
+    assert connect["pid"] != pid  # not recovered: socket.io-client's socket.recovered is false
+    assert await _next_event(ws) == ["resync", {"reason": "history_unavailable"}]
+    await ws.close()
+    # Redis being down is logged as such, in one line each, with no traceback.
+    assert not [r for r in caplog.records if r.exc_info], caplog.text
+    assert "could not save session for recovery: Redis is unreachable" in caplog.text
