@@ -337,7 +337,7 @@ class SocketIOEndpoint:
 
     async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any) -> None:
         try:
-            identity, rooms, after, pid, sent_position = await self._admit(environ, auth)
+            identity, rooms, after, pid, sent_position, session_lost = await self._admit(environ, auth)
         except AuthError as exc:
             log.info("socket.io refused", extra={"reason": exc.message, "kind": exc.kind})
             self.node.metrics.refused(SocketIOConnection.transport, exc.kind)
@@ -348,6 +348,10 @@ class SocketIOEndpoint:
         if conn.eio_socket is not None:
             conn.eio_socket.connection = conn
         resume = await self.node.connect(conn, rooms, after, resume_without_id=not sent_position)
+        if session_lost and resume.resync_reason is None:
+            # Its session (the stores it viewed) could not be read while Redis is down, so even a
+            # replay from this process's memory would miss its stores' events: it must refetch.
+            resume.resync_reason = "history_unavailable"
         # Each session its own pid: the client's own when its session was restored, else a new one.
         conn.pid = pid if pid and resume.recovered else secrets.token_urlsafe(12)
         self.server.pids[sid] = conn.pid
@@ -357,9 +361,10 @@ class SocketIOEndpoint:
 
     async def _admit(
         self, environ: dict[str, Any], auth: Any
-    ) -> tuple[Identity, list[str], str | None, str, bool]:
-        """Identity, rooms, the id to resume after, the session's pid, and whether the client sent
-        any position at all (``lastEventId``, ``pid`` or ``offset``)."""
+    ) -> tuple[Identity, list[str], str | None, str, bool, bool]:
+        """Identity, rooms, the id to resume after, the session's pid, whether the client sent
+        any position at all (``lastEventId``, ``pid`` or ``offset``), and whether the session it
+        asked to recover could not be read (Redis down)."""
         self.node.check_capacity()
         if auth is None:
             auth = {}
@@ -389,15 +394,15 @@ class SocketIOEndpoint:
             raise AuthError("bad_request", "auth.stores must be a list of store ids")
         after: str | None = auth.get("lastEventId")
         pid: str = auth.get("pid") or ""
+        session_lost = False
         sent_position = bool(after or pid or auth.get("offset"))
         if pid and auth.get("offset"):
             # socket.io-client's own recovery: restore the session's stores, resume after offset.
             try:
                 session = await self.node.backplane.load_session(pid)
             except BackplaneUnavailable:
-                # Redis is down: resume from the offset alone; the history read then fails too
-                # and the client is told to resync (history_unavailable), not left hanging.
-                session = None
+                # Redis is down: the client is told to resync (history_unavailable), not left hanging.
+                session, session_lost = None, True
             if session is not None and session.get("userId") == identity.user_id:
                 stores = list(dict.fromkeys([*stores, *session.get("stores", [])]))
                 after = auth["offset"]
@@ -411,7 +416,7 @@ class SocketIOEndpoint:
             )
         except SubscriptionError as exc:
             raise AuthError("bad_request", str(exc)) from None
-        return identity, rooms, after, pid, sent_position
+        return identity, rooms, after, pid, sent_position, session_lost
 
     async def _save_session(self, conn: SocketIOConnection) -> None:
         stores = viewed_stores(conn.rooms)
