@@ -5,49 +5,16 @@ gets what it missed (contract §7)."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import tempfile
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import aiohttp
-import pytest
 
 from server.events import parse_event_id
-from tests.clients import ADMIN_KEY, Live, SioClient, make_token, no_message, recv, recv_close
-from tests.process import ServerProcess
-from tests.redis_server import RedisServer
-from tests.test_cluster import all_ready, wait_until
+from tests.clients import Live, SioClient, make_token, no_message, recv, recv_close
 
-
-@pytest.fixture
-def config_file() -> Iterator[str]:
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as handle:
-        handle.write("redis:\n  presence_ttl_seconds: 1.5\n")
-    yield handle.name
-    os.unlink(handle.name)
-
-
-@pytest.fixture
-async def pair(redis: RedisServer, config_file: str) -> AsyncIterator[list[Live]]:
-    processes = [
-        ServerProcess(
-            {"REDIS_URL": redis.url, "CONFIG_FILE": config_file, "DYNO": f"web.{i}", "LOG_LEVEL": "warning"}
-        )
-        for i in range(2)
-    ]
-    for process in processes:
-        process.start()
-    await asyncio.gather(*(asyncio.to_thread(p.wait_healthy) for p in processes))
-    session = aiohttp.ClientSession()
-    nodes = [Live(base=p.base, app=p, session=session, admin_key=ADMIN_KEY) for p in processes]
-    await wait_until(lambda: all_ready(nodes), what="both processes ready")
-    yield nodes
-    await session.close()
-    for process in processes:
-        process.close()
-        print(process.stderr[-3000:])  # shown by pytest when the test failed
+# Two real processes sharing a private Redis: the cluster tests' fixtures.
+from tests.test_cluster import cluster, config_file, wait_until  # noqa: F401
 
 
 def order(user: str, n: int) -> dict[str, Any]:
@@ -101,9 +68,9 @@ async def check_resumed_on(survivor: Live, before: list[str], missed: list[str])
 
 
 async def test_hook_reconnecting_to_the_other_process_after_a_restart_gets_what_it_missed(
-    pair: list[Live],
+    cluster: list[Live],
 ) -> None:
-    doomed, survivor = pair
+    doomed, survivor = cluster
     ws, sio = await clients_on(doomed)
     before = await post_ids(survivor, {"events": [order("hook", 0), order("sio", 0)]})
     assert (await recv(ws))["id"] == before[0]
@@ -118,9 +85,9 @@ async def test_hook_reconnecting_to_the_other_process_after_a_restart_gets_what_
 
 
 async def test_hook_reconnecting_to_the_other_process_after_a_kill_gets_what_it_missed(
-    pair: list[Live],
+    cluster: list[Live],
 ) -> None:
-    doomed, survivor = pair
+    doomed, survivor = cluster
     ws, sio = await clients_on(doomed)
     before = await post_ids(survivor, {"events": [order("hook", 0), order("sio", 0)]})
     assert (await recv(ws))["id"] == before[0]
@@ -133,8 +100,8 @@ async def test_hook_reconnecting_to_the_other_process_after_a_kill_gets_what_it_
     await sio.close()
 
 
-async def test_no_resume_on_the_other_process_after_the_clients_own_close(pair: list[Live]) -> None:
-    first, other = pair
+async def test_no_resume_on_the_other_process_after_the_clients_own_close(cluster: list[Live]) -> None:
+    first, other = cluster
     ws, sio = await clients_on(first)
     await ws.close()  # 1000
     await sio.close()  # Socket.IO DISCONNECT
@@ -153,24 +120,24 @@ async def test_no_resume_on_the_other_process_after_the_clients_own_close(pair: 
     assert await sio_ids(other, "sio") == []
 
 
-async def test_versions_are_decided_once_across_two_real_processes(pair: list[Live]) -> None:
+async def test_versions_are_decided_once_across_two_real_processes(cluster: list[Live]) -> None:
     """Two processes, one Redis: the publish script decides each version once, atomically."""
 
     def versioned(version: int, **extra: Any) -> dict[str, Any]:
         data = {"orderId": "o-hook", "order": {"userId": "hook"}, "n": version}
         return {"type": "order_updated", "data": data, "version": version, **extra}
 
-    assert (await pair[0].post(versioned(5)))[1]["accepted"] == 1
-    status, answer = await pair[1].post(versioned(5))
+    assert (await cluster[0].post(versioned(5)))[1]["accepted"] == 1
+    status, answer = await cluster[1].post(versioned(5))
     assert status == 202 and answer == {"accepted": 0, "ids": [None], "stale": [0]}, answer
     # Racing workers: whatever the interleaving, what is accepted goes up in the stream's order.
     results = await asyncio.gather(
-        *(pair[v % 2].post(versioned(v, idempotencyKey=f"k{v}")) for v in range(6, 40))
+        *(cluster[v % 2].post(versioned(v, idempotencyKey=f"k{v}")) for v in range(6, 40))
     )
     ids = [answer["ids"][0] for _, answer in results]
     kept = sorted((parse_event_id(i), v) for v, i in zip(range(6, 40), ids, strict=True) if i is not None)
     assert [v for _, v in kept] == sorted(v for _, v in kept) and kept[-1][1] == 39
     # A retry on the other process repeats the first answer, stale or not.
     for v, (_, first) in zip(range(6, 40), results, strict=True):
-        _, again = await pair[(v + 1) % 2].post(versioned(v, idempotencyKey=f"k{v}"))
+        _, again = await cluster[(v + 1) % 2].post(versioned(v, idempotencyKey=f"k{v}"))
         assert again == first
