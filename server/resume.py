@@ -6,8 +6,9 @@ it has received up to the hub's position at ping time (``Connection.received_pos
 value per ping round, nothing per delivered event). What this module keeps, per user and role:
 
 - **resume points**: a connection that ended other than by the client's own close or a "stop"
-  code leaves its position, saved for ``history.resume_window_seconds`` (several tabs that drop
-  together: the oldest is used, so each gets what it missed: at least once);
+  code leaves its position, saved for ``history.resume_window_seconds``. A reconnect takes one
+  point (the oldest), so a client that drops again and again replays each gap once; several tabs
+  that drop together each get what they missed, at least once (``take_resume_point``);
 - **leases** (Redis only): every ``websocket.heartbeat_seconds`` each process writes the
   positions of its live connections, so that the clients of a process that is killed (no code
   runs, nothing is saved at its end) are resumed by the others too.
@@ -100,7 +101,7 @@ class ResumeBook:
         ended, self._ended = self._ended, []
         calls = []
         if points:
-            calls.append(self.backplane.save_resume_points(oldest_per_user(points)))
+            calls.append(self.backplane.save_resume_points(points))
         if ended:  # before the new leases: a user who reconnected here this turn keeps its own
             calls.append(self.backplane.drop_leases(ended))
         if leases:
@@ -115,7 +116,7 @@ class ResumeBook:
         """Every ``lease_interval``: the positions of this process's live connections."""
         while True:
             await asyncio.sleep(self.lease_interval)
-            points = self.live_points()
+            points = oldest_per_user(self.live_points())
             if points:
                 try:
                     await self.backplane.save_leases(points, only_new=False)
@@ -125,11 +126,12 @@ class ResumeBook:
                     log.exception("renewing leases failed")
 
     def live_points(self) -> list[ResumePoint]:
-        return oldest_per_user(
+        """Each live connection's position (several per user: each tab resumes on its own)."""
+        return [
             (conn.user_id, conn.identity.role, position)
             for conn in self.hub.connections
             if (position := conn.received_position()) is not None
-        )
+        ]
 
     async def save_all(self) -> int:
         """Shutdown: every open connection's point, saved at once before the clients are closed."""
@@ -138,7 +140,7 @@ class ResumeBook:
         points = self.live_points()
         if not self.enabled or not points:
             return 0
-        users = [(user_id, role) for user_id, role, _ in points]
+        users = list({(user_id, role) for user_id, role, _ in points})
         try:
             # The leases go: they are older than the points (one heartbeat), so would win.
             async with asyncio.timeout(SHUTDOWN_SAVE_SECONDS):
@@ -157,7 +159,7 @@ def _has_other(hub: Hub, user_id: str, role: str) -> bool:
 
 
 def oldest_per_user(points: Iterable[ResumePoint]) -> list[ResumePoint]:
-    """One point per user and role: the oldest (several tabs that drop together each resume)."""
+    """One point per user and role, the oldest: a lease covers all of a user's connections here."""
     by_user: dict[tuple[str, str], list[str]] = {}
     for user_id, role, position in points:
         by_user.setdefault((user_id, role), []).append(position)

@@ -8,12 +8,16 @@ role, no ``lastEventId``. Restarts and kills of real processes are in ``test_res
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import Any
 
 import aiohttp
 import orjson
+import pytest
 
+from server.backplane.base import MAX_RESUME_POINTS, TOGETHER_SECONDS, take_resume_point
+from server.backplane.redis import RedisBackplane
 from server.config import Settings
 from tests.clients import Live, make_token, no_message, recv, recv_close
 from tests.conftest import StartServer
@@ -225,6 +229,94 @@ async def test_several_tabs_that_drop_together_each_resume(
         assert connected["data"]["resumed"] is True
         assert [frame["id"] for frame in await frames_until_quiet(again)] == sent
         await again.close()
+
+
+async def test_a_reconnect_takes_its_point_so_each_gap_is_replayed_once(
+    start_server: StartServer, settings_for: Callable[..., Settings]
+) -> None:
+    """A phone on a bad network drops again and again: each reconnect replays the gap since its
+    own drop, never everything since the first one (that amplification swamped the soak run)."""
+    live = await start_server(settings_for(websocket=SHORT_HEARTBEAT, history=WINDOW))
+    token = make_token("churn")
+    ws, _ = await live.ws_ready(token=token)
+    drop(ws)
+    await hub_empty(live)
+    gap_one = await post_ids(live, order("churn", 0))
+    again, connected = await live.ws_ready(token=token)
+    assert connected["data"]["resumed"] is True
+    assert [frame["id"] for frame in await frames_until_quiet(again)] == gap_one
+    seen = await post_ids(live, order("churn", 1))
+    assert (await recv(again))["id"] == seen[0]
+    (conn,) = live.node.hub.connections
+
+    async def acked() -> bool:
+        return bool(conn.received_position() == seen[0])
+
+    reading = asyncio.create_task(no_message(again, 10))  # aiohttp answers pings while it reads
+    await eventually(acked)
+    reading.cancel()
+    drop(again)
+    await hub_empty(live)
+    gap_two = await post_ids(live, order("churn", 2))
+    third, connected = await live.ws_ready(token=token)
+    assert connected["data"]["resumed"] is True
+    assert [frame["id"] for frame in await frames_until_quiet(third)] == gap_two
+    await third.close()  # its own close: nothing saved, and the points used are gone
+    fourth, connected = await live.ws_ready(token=token)
+    assert connected["data"]["resumed"] is False
+    assert await frames_until_quiet(fourth) == []
+    await fourth.close()
+
+
+async def test_points_saved_together_resume_each_reconnect_from_the_oldest(live: Live) -> None:
+    """Two tabs drop together at different positions; a reconnect cannot say which tab it is, so
+    both reconnects start from the older position, and a third finds nothing."""
+    backplane = live.node.backplane
+    first, second = await post_ids(live, {"events": [order("nobody", 0), order("nobody", 1)]})
+    await backplane.save_resume_points([("tabs", "customer", second), ("tabs", "customer", first)])
+    assert (await backplane.start_position("tabs", "customer"))[1] == first
+    assert (await backplane.start_position("tabs", "customer"))[1] == first
+    assert (await backplane.start_position("tabs", "customer"))[1] is None
+    assert (await backplane.start_position("tabs", "driver"))[1] is None
+
+
+@pytest.mark.parametrize("backplane", ["redis"])  # the script's own handling of save times
+async def test_points_saved_apart_are_taken_one_by_one_oldest_first(
+    start_server: StartServer, settings_for: Callable[..., Settings]
+) -> None:
+    """Points saved far apart are one client's successive drops (or a late-detected half-open
+    connection): each is replayed once, oldest first, and the newer keeps its own position."""
+    live = await start_server(settings_for())
+    backplane = live.node.backplane
+    assert isinstance(backplane, RedisBackplane)
+    first, second = await post_ids(live, {"events": [order("nobody", 0), order("nobody", 1)]})
+    key = f"{backplane.resume_prefix}customer:apart"
+    now_ms = int(time.time() * 1000)
+    apart_ms = int(TOGETHER_SECONDS * 1000) + 1000
+    await backplane.redis.zadd(key, {f"{second}|a": now_ms, f"{first}|b": now_ms - apart_ms, "junk": now_ms})
+    assert (await backplane.start_position("apart", "customer"))[1] == first
+    assert (await backplane.start_position("apart", "customer"))[1] == second
+    assert (await backplane.start_position("apart", "customer"))[1] is None
+    assert await backplane.redis.exists(key) == 0
+
+
+def test_take_resume_point_inherits_only_between_points_saved_together() -> None:
+    together = [("5-0", 100.0), ("3-0", 100.0 + TOGETHER_SECONDS)]
+    assert take_resume_point(together) == "3-0"
+    assert together == [("3-0", 100.0)]  # the other tab starts as far back, saved when it was
+    apart = [("5-0", 100.0), ("3-0", 100.1 + TOGETHER_SECONDS), ("bad", 100.0)]
+    assert take_resume_point(apart) == "3-0"
+    assert apart == [("5-0", 100.0)]
+    assert take_resume_point(apart) == "5-0"
+    assert take_resume_point(apart) is None
+
+
+async def test_a_reconnect_loop_keeps_a_bounded_number_of_points(live: Live) -> None:
+    backplane = live.node.backplane
+    (position,) = await post_ids(live, order("nobody", 0))
+    await backplane.save_resume_points([("loop", "customer", position)] * (MAX_RESUME_POINTS + 50))
+    taken = [(await backplane.start_position("loop", "customer"))[1] for _ in range(MAX_RESUME_POINTS + 10)]
+    assert taken == [position] * MAX_RESUME_POINTS + [None] * 10
 
 
 async def test_a_client_that_sends_an_id_is_resumed_from_it_and_told_so(live: Live) -> None:

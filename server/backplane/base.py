@@ -106,12 +106,14 @@ class Backplane(ABC):
 
     @abstractmethod
     async def start_position(self, user_id: str, role: str) -> tuple[str, str | None]:
-        """``position()``, and the oldest resume point of ``user_id``/``role`` saved within
-        ``history.resume_window_seconds`` (``None`` if there is none): one round trip."""
+        """``position()``, and where a reconnect of ``user_id``/``role`` without an id resumes
+        (``None``: nowhere): a resume point saved within ``history.resume_window_seconds``,
+        taken (``take_resume_point``), or the older lease of another process. One round trip."""
 
     @abstractmethod
     async def save_resume_points(self, points: Sequence[ResumePoint]) -> None:
-        """Remember each point for ``history.resume_window_seconds`` (one round trip for all)."""
+        """Remember each point for ``history.resume_window_seconds``, one per ended connection,
+        even several of one user (one round trip for all)."""
 
     @abstractmethod
     async def save_leases(self, points: Sequence[ResumePoint], only_new: bool) -> None:
@@ -146,6 +148,29 @@ class Backplane(ABC):
     async def load_session(self, pid: str) -> dict[str, Any] | None: ...
 
 
+# Resume points saved within this many seconds of each other belong to connections that dropped
+# together (several tabs on one lost network): see ``take_resume_point``.
+TOGETHER_SECONDS = 5.0
+MAX_RESUME_POINTS = 64  # per user and role: a reconnect loop cannot grow them
+
+
+def take_resume_point(points: list[tuple[str, float]]) -> str | None:
+    """Remove and return the oldest of ``points`` (position, when saved), or ``None``.
+
+    Each point is used by one reconnect, so a client that drops again and again replays each gap
+    once, not everything since its first drop. Reconnects cannot say which tab they are: when the
+    next point was saved together with the one taken, it inherits its position, so whichever tab
+    comes next still gets everything it missed (at least once, contract §7)."""
+    valid = [(parsed, point) for point in points if (parsed := parse_event_id(point[0])) is not None]
+    points[:] = [point for _, point in sorted(valid)]
+    if not points:
+        return None
+    position, saved = points.pop(0)
+    if points and abs(points[0][1] - saved) <= TOGETHER_SECONDS:
+        points[0] = (position, points[0][1])
+    return position
+
+
 def oldest(positions: Collection[str | bytes]) -> str | None:
     """The oldest of some event ids (several tabs that dropped: each must get what it missed)."""
     best: tuple[EventId, str] | None = None
@@ -165,6 +190,8 @@ def parse_after(after: str) -> EventId:
 
 
 __all__ = [
+    "MAX_RESUME_POINTS",
+    "TOGETHER_SECONDS",
     "Backplane",
     "BackplaneUnavailable",
     "HistoryExpired",
@@ -175,4 +202,5 @@ __all__ = [
     "oldest",
     "parse_after",
     "select_missed",
+    "take_resume_point",
 ]

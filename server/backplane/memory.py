@@ -9,6 +9,7 @@ from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from server.backplane.base import (
+    MAX_RESUME_POINTS,
     STALE,
     Backplane,
     CommandSink,
@@ -17,9 +18,9 @@ from server.backplane.base import (
     NodeReport,
     ResumePoint,
     is_recoverable,
-    oldest,
     parse_after,
     select_missed,
+    take_resume_point,
 )
 from server.config import HistorySettings
 from server.events import Event, EventId, OutgoingEvent, format_event_id
@@ -42,8 +43,8 @@ class MemoryBackplane(Backplane):
         self._events: deque[tuple[float, Event]] = deque()
         self._idempotency: dict[str, tuple[float, str]] = {}
         self._versions: dict[str, tuple[float, int]] = {}  # version key -> (expiry, last accepted)
-        # (user, role) -> {event id: when saved}; several tabs may have dropped
-        self._resume: dict[tuple[str, str], dict[str, float]] = {}
+        # (user, role) -> [(event id, when saved)]: one per ended connection, each used once
+        self._resume: dict[tuple[str, str], list[tuple[str, float]]] = {}
         self._sessions: dict[str, tuple[float, dict[str, Any]]] = {}
         self._on_event: EventSink | None = None
         self._on_command: CommandSink | None = None
@@ -129,27 +130,32 @@ class MemoryBackplane(Backplane):
         return format_event_id(self._last)
 
     async def start_position(self, user_id: str, role: str) -> tuple[str, str | None]:
-        return format_event_id(self._last), oldest(self._resume_points((user_id, role), time.monotonic()))
+        who = (user_id, role)
+        points = self._resume_points(who, time.monotonic())
+        point = take_resume_point(points)
+        if not points:
+            self._resume.pop(who, None)
+        return format_event_id(self._last), point
 
-    def _resume_points(self, who: tuple[str, str], now: float) -> list[str]:
+    def _resume_points(self, who: tuple[str, str], now: float) -> list[tuple[str, float]]:
         """The points of ``who`` saved within the window (older ones are forgotten)."""
         points = self._resume.get(who)
         if points is None:
             return []
         since = now - self.history_settings.resume_window_seconds
-        kept = {position: saved for position, saved in points.items() if saved > since}
-        if kept:
-            self._resume[who] = kept
-        else:
+        points[:] = [point for point in points if point[1] > since]
+        if not points:
             del self._resume[who]
-        return list(kept)
+        return points
 
     async def save_resume_points(self, points: Sequence[ResumePoint]) -> None:
         if self.history_settings.resume_window_seconds <= 0:
             return
         now = time.monotonic()
         for user_id, role, position in points:
-            self._resume.setdefault((user_id, role), {})[position] = now
+            saved = self._resume.setdefault((user_id, role), [])
+            saved.append((position, now))
+            del saved[:-MAX_RESUME_POINTS]
 
     async def save_leases(self, points: Sequence[ResumePoint], only_new: bool) -> None:
         """One process: nobody else could take its clients over."""

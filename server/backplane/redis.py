@@ -14,8 +14,9 @@ Keys (``P`` is ``redis.key_prefix``; the README documents the entry format for d
 - ``P:idem:KEY``: the id an event's own idempotency key got ('' if it was stale);
   ``P:idem-header:KEY#INDEX``: the same for a request's ``Idempotency-Key`` header
 - ``P:ver:TYPE:ENTITY``: the last version accepted for that entity
-- ``P:resume:ROLE:USER``: sorted set, event id → when a connection of that user and role that
-  dropped was last known to be receiving up to it (expires after the resume window)
+- ``P:resume:ROLE:USER``: sorted set, one member ``EVENT_ID|TAG`` per connection of that user and
+  role that dropped (it was last known to be receiving up to EVENT_ID), scored by when it was
+  saved; a reconnect without an id takes one (expires after the resume window)
 - ``P:lease:ROLE:USER``: hash, process → the position of that user's live connections there,
   renewed every heartbeat interval (expires after the resume window)
 - ``P:session:PID``: a Socket.IO session's stores
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import secrets
 import time
@@ -106,6 +108,7 @@ class RedisBackplane(Backplane):
         # the next process of the same name (a restarted dyno), which then resumed nobody.
         self.lease_field = f"{self.node}#{secrets.token_hex(4)}"
         self.resume_window_ms = settings.history.resume_window_seconds * 1000
+        self._point_tags = itertools.count()  # each ended connection's point is its own member
         self.session_prefix = f"{prefix}:session:"
         self.nodes_key = f"{prefix}:nodes"
         self.node_key = self._node_key(self.node)
@@ -361,7 +364,8 @@ class RedisBackplane(Backplane):
         for start in range(0, len(points), SAVE_CHUNK):
             chunk = points[start : start + SAVE_CHUNK]
             keys = [self._resume_key(user_id, role) for user_id, role, _ in chunk]
-            calls.append(self._eval(SAVE_RESUME, [self.resume_window_ms, *(p for _, _, p in chunk)], keys))
+            members = [f"{position}|{self.lease_field}.{next(self._point_tags)}" for _, _, position in chunk]
+            calls.append(self._eval(SAVE_RESUME, [self.resume_window_ms, *members], keys))
         async with self._reachable():
             await asyncio.gather(*calls)
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import hashlib
 
+from server.backplane.base import MAX_RESUME_POINTS, TOGETHER_SECONDS
+
 # Sets the floor when the stream is new (or was lost with a Redis restart): ids handed out from
 # now on are above it, and an id from before it is reported as expired, never silently skipped.
 ENSURE_FLOOR = """
@@ -81,8 +83,6 @@ return redis.call('GET', KEYS[2])
 """
 )
 
-# KEYS: stream, floor, added, the user's resume points. ARGV: the resume window in ms.
-# The position, then the points saved within the window (older ones are dropped).
 # Whether event id ARGV-style string ``a`` is older than ``b`` (ids are "ms-seq").
 OLDER = """
 local function older(a, b)
@@ -95,10 +95,14 @@ end
 """
 
 # KEYS: stream, floor, added, the user's resume points, the user's leases. ARGV: the resume window
-# in ms, this process's lease field. The position, then the points saved within the window (older
-# ones are dropped) and the leases of other processes (a process that was killed saved nothing).
+# in ms, this process's lease field. The position, then where to resume: the oldest point saved
+# within the window, taken (``take_resume_point`` in base.py: the next point, if saved together
+# with it, inherits its position), and the leases of other processes (a process that was killed
+# saved nothing; they are not taken: those connections may be live). Points are ZSET members
+# "POSITION|TAG" (TAG makes each connection's point its own) scored by when they were saved.
 START_POSITION = (
     ENSURE_FLOOR
+    + OLDER
     + """
 local position = redis.call('GET', KEYS[2])
 local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
@@ -106,24 +110,50 @@ if #newest > 0 then position = newest[1][1] end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - tonumber(ARGV[1]))
-local points = redis.call('ZRANGE', KEYS[4], 0, -1)
+local saved = redis.call('ZRANGE', KEYS[4], 0, -1, 'WITHSCORES')
+local first, second
+for i = 1, #saved, 2 do
+  local at = string.match(saved[i], '^[^|]*')
+  if string.match(at, '^%d+-%d+$') then
+    if not first or older(at, first.at) then
+      second = first
+      first = {member = saved[i], at = at, score = saved[i + 1]}
+    elseif not second or older(at, second.at) then
+      second = {member = saved[i], at = at, score = saved[i + 1]}
+    end
+  else
+    redis.call('ZREM', KEYS[4], saved[i])
+  end
+end
+local points = {}
+if first then
+  points[1] = first.at
+  redis.call('ZREM', KEYS[4], first.member)
+  if second and math.abs(tonumber(second.score) - tonumber(first.score)) <= TOGETHER_MS then
+    redis.call('ZREM', KEYS[4], second.member)
+    local tag = string.match(second.member, '|(.*)$') or ''
+    redis.call('ZADD', KEYS[4], second.score, first.at .. '|' .. tag)
+  end
+end
 local leases = redis.call('HGETALL', KEYS[5])
 for i = 1, #leases, 2 do
   if leases[i] ~= ARGV[2] then points[#points + 1] = leases[i + 1] end
 end
 return {position, points}
 """
-)
+).replace("TOGETHER_MS", str(int(TOGETHER_SECONDS * 1000)))
 
-# KEYS: resume-point sets (one per user and role). ARGV: the window in ms, then one event id per key.
+# KEYS: resume-point sets (one per user and role). ARGV: the window in ms, then one member
+# "POSITION|TAG" per key. Each set keeps its newest MAX_RESUME_POINTS.
 SAVE_RESUME = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 for i = 1, #KEYS do
   redis.call('ZADD', KEYS[i], now, ARGV[i + 1])
+  redis.call('ZREMRANGEBYRANK', KEYS[i], 0, -(MAX_RESUME_POINTS + 1))
   redis.call('PEXPIRE', KEYS[i], ARGV[1])
 end
-"""
+""".replace("MAX_RESUME_POINTS", str(MAX_RESUME_POINTS))
 
 # KEYS: lease hashes (one per user and role). ARGV: the window in ms, this process's field, '1' to
 # keep an older lease already there, then one event id per key.
