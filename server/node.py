@@ -166,7 +166,11 @@ class Node:
                 if recent is not None:
                     resume.missed = recent
                 else:
-                    resume.missed = await self.backplane.history(last_event_id, conn.rooms)
+                    missed, covered = await self.backplane.history(last_event_id, conn.rooms)
+                    # Events after the read that reached this hub before ``conn`` joined its rooms
+                    # (a read shared with clients that came earlier may have ended before that).
+                    later = self.hub.recent_since(covered, conn.rooms, self.backplane.tail_start)
+                    resume.missed = missed + later if later else missed
             except HistoryExpired:
                 resume.resync_reason = "history_expired"
             except BackplaneUnavailable:

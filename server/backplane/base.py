@@ -97,8 +97,9 @@ class Backplane(ABC):
         """
 
     @abstractmethod
-    async def history(self, after: str, rooms: Collection[str]) -> list[Event]:
-        """Events after ``after`` addressed to ``rooms``, oldest first, or ``HistoryExpired``."""
+    async def history(self, after: str, rooms: Collection[str]) -> tuple[list[Event], EventId]:
+        """Events after ``after`` addressed to ``rooms``, oldest first, or ``HistoryExpired``;
+        and the newest id the read covered (events after it are for the tail to bring)."""
 
     @abstractmethod
     async def position(self) -> str:

@@ -119,12 +119,12 @@ class MemoryBackplane(Backplane):
         for who in list(self._resume):
             self._resume_points(who, now)
 
-    async def history(self, after: str, rooms: Collection[str]) -> list[Event]:
+    async def history(self, after: str, rooms: Collection[str]) -> tuple[list[Event], EventId]:
         after_id = parse_after(after)
         self._trim(time.monotonic())
         if not is_recoverable(after_id, self._floor, self._last):
             raise HistoryExpired(after)
-        return select_missed([event for _, event in self._events], after_id, rooms)
+        return select_missed([event for _, event in self._events], after_id, rooms), self._last
 
     async def position(self) -> str:
         return format_event_id(self._last)

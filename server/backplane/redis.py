@@ -138,7 +138,8 @@ class RedisBackplane(Backplane):
         # whose frames are built once, then shared) cost ~5 µs per event per client. Stream
         # entries never change; Redis still decides which ones a client gets.
         self._replayed: dict[bytes, Event] = {}
-        self._reads_after: dict[str, asyncio.Task[list[Event]]] = {}  # replays under way, by position
+        # Replays under way, by position: their events and the newest id they read.
+        self._reads_after: dict[str, asyncio.Future[tuple[list[Event], EventId]]] = {}
         self.history_reads = 0  # reads of the stream for replays (for stats and tests)
         self._on_event: EventSink | None = None
         self._on_command: CommandSink | None = None
@@ -369,7 +370,7 @@ class RedisBackplane(Backplane):
         async with self._reachable():
             await asyncio.gather(*calls)
 
-    async def history(self, after: str, rooms: Collection[str]) -> list[Event]:
+    async def history(self, after: str, rooms: Collection[str]) -> tuple[list[Event], EventId]:
         """The events after ``after`` addressed to ``rooms``.
 
         Concurrent replays from one position share one read of the stream (``_read_after``), and
@@ -377,6 +378,10 @@ class RedisBackplane(Backplane):
         from few positions (the same last broadcast, the same heartbeat round's ping mark): read
         once each, instead of Redis sending the same pages to every client (10,000 clients with 100
         events of 400 bytes is 400 MB, and the reads behind it timed out into resyncs).
+
+        A read shared may have passed the stream's end before this client joined its rooms: what
+        came after it (the id returned) is then only in this process's recent events, which the
+        caller adds (``Node.connect``).
         """
         after_id = parse_after(after)
         read = self._reads_after.get(after)
@@ -385,17 +390,17 @@ class RedisBackplane(Backplane):
             self._reads_after[after] = read
             read.add_done_callback(self._read_done)
         # Shielded: a client that leaves while waiting must not cancel the others' read.
-        events = await asyncio.shield(read)
-        return select_missed(events, after_id, rooms)
+        events, covered = await asyncio.shield(read)
+        return select_missed(events, after_id, rooms), covered
 
-    def _read_done(self, read: asyncio.Task[list[Event]]) -> None:
+    def _read_done(self, read: asyncio.Future[tuple[list[Event], EventId]]) -> None:
         for after, task in list(self._reads_after.items()):
             if task is read:
                 del self._reads_after[after]
         if not read.cancelled():
             read.exception()  # retrieved here: every waiter may have left
 
-    async def _read_after(self, after: str, after_id: EventId) -> list[Event]:
+    async def _read_after(self, after: str, after_id: EventId) -> tuple[list[Event], EventId]:
         """Read in pages of ``HISTORY_PAGE_SIZE`` entries, at most ``history.max_events`` in all: a
         position further back than that is expired (the client resyncs), whatever Redis kept."""
         self.history_reads += 1
@@ -418,6 +423,7 @@ class RedisBackplane(Backplane):
         if not is_recoverable(after_id, floor, last):
             raise HistoryExpired(after)
         events: list[Event] = []
+        covered = after_id  # the newest id read: a short page means nothing came after it yet
         read = 0
         while True:
             read += len(entries)
@@ -427,8 +433,10 @@ class RedisBackplane(Backplane):
                 event = self._replayed.get(raw_id) or self._parse_replayed(raw_id, flat)
                 if event is not None:
                     events.append(event)  # each reader keeps only its rooms' (``history``)
+            if entries:
+                covered = parse_event_id(_id(entries[-1][0])) or covered
             if len(entries) < page:
-                return events
+                return events, covered
             entries = await self._next_page(_id(entries[-1][0]), after, page)
 
     def _parse_replayed(self, raw_id: bytes, flat: list[bytes]) -> Event | None:
