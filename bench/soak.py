@@ -590,6 +590,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         redis.stop()
     kinds = tally(clients, publisher.accepted)
     short = short_clients(clients, publisher.accepted)
+    short_hooks = short_clients(clients, publisher.accepted, with_id=False)
     close_codes: dict[str, dict[str, int]] = {kind: {} for kind in KINDS}
     for client in clients:
         for code, count in client.close_codes.items():
@@ -645,6 +646,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         "logs": scan_logs(dynos),
         "workdir": str(workdir),
         "clients_with_id_missing_events": short,
+        "clients_without_id_missing_events": short_hooks,
     }
 
 

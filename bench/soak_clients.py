@@ -428,11 +428,13 @@ def tally(clients: list[Client], accepted: list[Posted]) -> dict[str, dict[str, 
     return {kind: dict(row) for kind, row in rows.items()}
 
 
-def short_clients(clients: list[Client], accepted: list[Posted], limit: int = 10) -> list[dict[str, Any]]:
-    """What happened to the first few clients with an id that missed something (to find why)."""
+def short_clients(
+    clients: list[Client], accepted: list[Posted], limit: int = 10, with_id: bool = True
+) -> list[dict[str, Any]]:
+    """What happened to the first few clients with (or without) an id that missed something."""
     found = []
     for client in clients:
-        if not client.has_id:
+        if client.has_id != with_id:
             continue
         mine = [
             e.key
