@@ -63,6 +63,11 @@ def text_frame(payload: bytes) -> bytes:
     return frame(OP_TEXT, payload)
 
 
+# A position mark outside the heartbeat (``WebSocketProtocol.mark``); heartbeat payloads are digits.
+MARK_PAYLOAD = b"m"
+MARK_PING = frame(OP_PING, MARK_PAYLOAD)
+
+
 def close_frame(code: int, reason: str = "") -> bytes:
     return frame(OP_CLOSE, struct.pack("!H", code) + reason.encode()[:120])
 
@@ -455,6 +460,13 @@ class WebSocketProtocol(asyncio.Protocol):
         self._ping_payload, self._ping_mark = payload, mark
         self.write(ping_frame)
         return True
+
+    def mark(self, mark: str | None) -> None:
+        """Ping now, between the heartbeat's rounds: once the client answers, it has read
+        everything written before, which ``mark`` names. One pending mark at a time: the newest
+        ping's (a heartbeat round's, or this one) is the one an answer confirms."""
+        self._ping_payload, self._ping_mark = MARK_PAYLOAD, mark
+        self.write(MARK_PING)
 
     def answered(self) -> bool:
         """Whether the client sent anything since the last ping; if not, it is cut off."""

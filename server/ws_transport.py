@@ -182,6 +182,10 @@ class WebSocketEndpoint:
             }
         )
         self.node.resume(conn, resume)
+        if resume.by_server and resume.recovered and not conn.closed:
+            # Resumed from a point (no id): until it answers a ping its position is that point,
+            # so a drop before the next heartbeat would replay all of this again. Mark it now.
+            conn.socket.mark(self.node.hub.position)
 
     async def _admit(self, request: web.Request) -> tuple[Identity, list[str]]:
         query = request.query

@@ -268,6 +268,35 @@ async def test_a_reconnect_takes_its_point_so_each_gap_is_replayed_once(
     await fourth.close()
 
 
+async def test_a_resumed_hook_is_pinged_at_once_so_a_second_drop_does_not_replay_the_first_gap(
+    live: Live,
+) -> None:
+    """Without a mark, a resumed connection's position stays its resume point until the next
+    heartbeat (25 s): a phone that drops again before then is replayed the first gap again."""
+    token = make_token("marked")
+    ws, _ = await live.ws_ready(token=token)
+    drop(ws)
+    await hub_empty(live)
+    gap_one = await post_ids(live, order("marked", 0))
+    again, connected = await live.ws_ready(token=token)
+    assert connected["data"]["resumed"] is True
+    (conn,) = live.node.hub.connections
+
+    async def marked() -> bool:
+        return bool(conn.received_position() == gap_one[0])
+
+    reading = asyncio.create_task(frames_until_quiet(again, 1.0))  # aiohttp answers the ping
+    await eventually(marked)
+    assert [frame["id"] for frame in await reading] == gap_one
+    drop(again)
+    await hub_empty(live)
+    gap_two = await post_ids(live, order("marked", 1))
+    third, connected = await live.ws_ready(token=token)
+    assert connected["data"]["resumed"] is True and connected["data"]["lastEventId"] == gap_one[0]
+    assert [frame["id"] for frame in await frames_until_quiet(third)] == gap_two
+    await third.close()
+
+
 async def test_points_saved_together_resume_each_reconnect_from_the_oldest(live: Live) -> None:
     """Two tabs drop together at different positions; a reconnect cannot say which tab it is, so
     both reconnects start from the older position, and a third finds nothing."""
