@@ -466,7 +466,7 @@ class WebSocketProtocol(asyncio.Protocol):
         everything written before, which ``mark`` names. One pending mark at a time: the newest
         ping's (a heartbeat round's, or this one) is the one an answer confirms."""
         self._ping_payload, self._ping_mark = MARK_PAYLOAD, mark
-        self.write(MARK_PING)
+        self.write(MARK_PING, bounded=False)  # 3 bytes, sent right after a replay (exempt too)
 
     def answered(self) -> bool:
         """Whether the client sent anything since the last ping; if not, it is cut off."""
