@@ -461,12 +461,13 @@ class WebSocketProtocol(asyncio.Protocol):
         self.write(ping_frame)
         return True
 
-    def mark(self, mark: str | None) -> None:
-        """Ping now, between the heartbeat's rounds: once the client answers, it has read
-        everything written before, which ``mark`` names. One pending mark at a time: the newest
-        ping's (a heartbeat round's, or this one) is the one an answer confirms."""
+    def mark(self, mark: str | None, frames: bytes = b"", bounded: bool = False) -> None:
+        """Write ``frames`` and a ping, between the heartbeat's rounds: once the client answers,
+        it has read everything written before, which ``mark`` names. One pending mark at a time:
+        the newest ping's (a heartbeat round's, or this one) is the one an answer confirms.
+        (Unbounded by default: right after a replay, which is exempt from the send limit too.)"""
         self._ping_payload, self._ping_mark = MARK_PAYLOAD, mark
-        self.write(MARK_PING, bounded=False)  # 3 bytes, sent right after a replay (exempt too)
+        self.write(frames + MARK_PING, bounded=bounded)
 
     def answered(self) -> bool:
         """Whether the client sent anything since the last ping; if not, it is cut off."""

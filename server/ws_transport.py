@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -55,18 +56,34 @@ class _Socket(WebSocketProtocol):
         self.connection.gone(code)
 
 
+# A client that sent no id (the hook) is resumed from its last confirmed position (contract §7):
+# events written to it carry a ping at most this often, so that position trails by seconds, not
+# by a heartbeat (25 s of events replayed again after every drop).
+MARK_SECONDS = 5.0
+
+
 class WebSocketConnection(Connection):
     transport = "websocket"
-    __slots__ = ("_endpoint", "socket")
+    __slots__ = ("_endpoint", "_next_mark", "socket")
 
     def __init__(self, endpoint: WebSocketEndpoint, identity: Identity, deflate: bool) -> None:
         settings = endpoint.settings
         super().__init__(identity, settings.client_messages_per_second, settings.client_messages_burst)
         self._endpoint = endpoint
         self.socket = _Socket(self, settings, deflate)
+        self._next_mark: float | None = None  # when events may carry a position mark (None: never)
+
+    def mark_positions(self) -> None:
+        """From now on, events written carry a ping at most every ``MARK_SECONDS``."""
+        self._next_mark = time.monotonic() + MARK_SECONDS
 
     def send_events(self, events: Sequence[Event]) -> None:
-        self._write(joined(events, WS_FRAME_DEFLATED if self.socket.deflate else WS_FRAME))
+        frames = joined(events, WS_FRAME_DEFLATED if self.socket.deflate else WS_FRAME)
+        if self._next_mark is not None and not self.closed and (now := time.monotonic()) >= self._next_mark:
+            self._next_mark = now + MARK_SECONDS
+            self.socket.mark(events[-1].id, frames, bounded=True)  # every event before is written
+        else:
+            self._write(frames)
 
     def send_replay(self, events: Sequence[Event]) -> None:
         if not self.closed:
@@ -182,10 +199,12 @@ class WebSocketEndpoint:
             }
         )
         self.node.resume(conn, resume)
-        if resume.by_server and resume.recovered and not conn.closed:
-            # Resumed from a point (no id): until it answers a ping its position is that point,
-            # so a drop before the next heartbeat would replay all of this again. Mark it now.
-            conn.socket.mark(self.node.hub.position)
+        if last_event_id is None and self.node.resume_book.enabled:
+            conn.mark_positions()
+            if resume.by_server and resume.recovered and not conn.closed:
+                # Resumed from a point: until it answers a ping its position is that point, so a
+                # drop before the next heartbeat would replay all of this again. Mark it now.
+                conn.socket.mark(self.node.hub.position)
 
     async def _admit(self, request: web.Request) -> tuple[Identity, list[str]]:
         query = request.query

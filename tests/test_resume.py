@@ -16,6 +16,7 @@ import aiohttp
 import orjson
 import pytest
 
+from server import ws_transport
 from server.backplane.base import MAX_RESUME_POINTS, TOGETHER_SECONDS, take_resume_point
 from server.backplane.redis import RedisBackplane
 from server.config import Settings
@@ -295,6 +296,36 @@ async def test_a_resumed_hook_is_pinged_at_once_so_a_second_drop_does_not_replay
     assert connected["data"]["resumed"] is True and connected["data"]["lastEventId"] == gap_one[0]
     assert [frame["id"] for frame in await frames_until_quiet(third)] == gap_two
     await third.close()
+
+
+async def test_events_to_a_client_without_an_id_carry_a_position_mark_and_to_one_with_an_id_none(
+    live: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ws_transport, "MARK_SECONDS", 0.0)
+    url = f"{live.base}/api/ws"
+    hook = await live.session.ws_connect(url, params={"token": make_token("hook")}, autoping=False)
+    assert (await recv(hook))["type"] == "connected"
+    (position,) = await post_ids(live, {"events": [order("other", 0)]})
+    with_id = await live.session.ws_connect(
+        url, params={"token": make_token("hook"), "lastEventId": position}, autoping=False
+    )
+    assert (await recv(with_id))["type"] == "connected"
+    (sent,) = await post_ids(live, order("hook", 1))
+    for ws in (hook, with_id):
+        assert orjson.loads((await ws.receive(timeout=3)).data)["id"] == sent
+    ping = await hook.receive(timeout=3)
+    assert ping.type == aiohttp.WSMsgType.PING
+    await hook.pong(ping.data)
+    (conn,) = [c for c in live.node.hub.connections if c.start_position != position]
+
+    async def marked() -> bool:
+        return bool(conn.received_position() == sent)
+
+    await eventually(marked)
+    with pytest.raises(TimeoutError):
+        await with_id.receive(timeout=0.5)  # its own id resumes it: no mark needed
+    await hook.close()
+    await with_id.close()
 
 
 async def test_points_saved_together_resume_each_reconnect_from_the_oldest(live: Live) -> None:
