@@ -271,6 +271,11 @@ class EngineWebSocket(WebSocketProtocol):
 
     def on_message(self, data: str | bytes) -> None:
         socket = self.socket
+        if self.state == "open" and type(data) is str and data[:1] == "4" and data[1:2].isnumeric():
+            # A Socket.IO packet (it starts with its type's digit): python-engineio's decoding
+            # would keep its text as it is, after raising and catching a ValueError to get there.
+            spawn(socket.receive(eio_packet.Packet(eio_packet.MESSAGE, data=data[1:])))
+            return
         try:
             pkt = eio_packet.Packet(encoded_packet=data)
         except Exception:  # python-engineio raises whatever its parsing meets (KeyError, ValueError...)

@@ -176,7 +176,22 @@ SEAMS: tuple[Seam, ...] = (
         "python-socketio",
         "socketio.async_server:AsyncServer._handle_eio_message",
         "server/sio_transport.py",
-        "every client message: binary, malformed and reserved packets refused before it",
+        "every client message: binary, malformed and reserved packets refused, the rest dispatched "
+        "by us on the packet already decoded",
+    ),
+    Seam(
+        "socketio.AsyncServer._handle_disconnect",
+        "python-socketio",
+        "socketio.async_server:AsyncServer._handle_disconnect",
+        "server/sio_transport.py",
+        "what its message dispatch calls for a client's DISCONNECT packet (we dispatch, see above)",
+    ),
+    Seam(
+        "socketio.AsyncServer._handle_event",
+        "python-socketio",
+        "socketio.async_server:AsyncServer._handle_event",
+        "server/sio_transport.py",
+        "what its message dispatch calls for a client's EVENT packet (we dispatch, see above)",
     ),
     Seam(
         "socketio.AsyncServer._send_packet",

@@ -10,7 +10,6 @@ stay the only ones clients see.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import hashlib
 import hmac
@@ -34,9 +33,14 @@ def usable_key(secret: str | None) -> bytes | None:
         return None
 
 
+_URLSAFE = bytes.maketrans(b"-_", b"+/")
+
+
 def _segment(text: str) -> bytes:
     raw = text.encode("ascii")
-    return base64.urlsafe_b64decode(raw + b"=" * (-len(raw) % 4))  # as PyJWT's base64url_decode
+    # PyJWT's base64url_decode: base64.urlsafe_b64decode(raw + padding), which is this (it
+    # discards characters outside the alphabet too) behind two layers of Python calls.
+    return binascii.a2b_base64(raw.translate(_URLSAFE) + b"=" * (-len(raw) % 4))
 
 
 def verify(
