@@ -228,7 +228,11 @@ class AdminApi:
         return json_response(answer, status=202)
 
     async def _read_json(self, request: web.Request) -> Any:
-        if request.content_type != "application/json":
+        # The exact header first: parsing it (``content_type``) is needed only for parameters.
+        if (
+            request.headers.get("Content-Type") != "application/json"
+            and request.content_type != "application/json"
+        ):
             raise ApiError(415, "unsupported_media_type", "send the body as Content-Type: application/json")
         limit = self.settings.admin.max_body_bytes
         if request.content_length is not None and request.content_length > limit:

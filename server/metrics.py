@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections import Counter as Tally
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -43,6 +43,7 @@ class Metrics:
             ["type"],
             registry=registry,
         )
+        self._accepted_by_type: dict[str, Any] = {}  # events_accepted's child per type
         self.events_stale = Counter(
             "realtime_events_stale_dropped",
             "Events not delivered because a newer version of their entity was accepted before",
@@ -100,7 +101,10 @@ class Metrics:
         """A publish went through: count it by type (a stale event's id is ``None``)."""
         if None not in ids:
             for event_type, count in Tally(event.type for event in events).items():
-                self.events_accepted.labels(event_type).inc(count)
+                child = self._accepted_by_type.get(event_type)
+                if child is None:  # labels() takes a lock and checks its arguments: once per type
+                    child = self._accepted_by_type[event_type] = self.events_accepted.labels(event_type)
+                child.inc(count)
             return
         for event, event_id in zip(events, ids, strict=True):
             (self.events_stale if event_id is None else self.events_accepted).labels(event.type).inc()
