@@ -8,7 +8,7 @@ import logging
 from aiohttp import web
 
 from handlers.catalogue import Catalogue
-from server.admin_api import AdminApi, error_middleware, json_response
+from server.admin_api import EVENTS_ROUTE, AdminApi, error_middleware, json_response
 from server.auth import Authenticator
 from server.backplane.base import Backplane
 from server.backplane.memory import MemoryBackplane
@@ -82,6 +82,9 @@ def create_app(settings: Settings) -> web.Application:
         return web.Response(body=metrics.render(), content_type="text/plain", charset="utf-8")
 
     api.router.add_get("/openapi.json", openapi_json)
+    # Found before the sub-application (the router tries the longest path first); its other
+    # methods fall through to the sub-application's route, and its 401/405 answers.
+    app.router.add_post(EVENTS_ROUTE, admin.post_events_direct)
     app.add_subapp("/api/v1", api)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

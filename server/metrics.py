@@ -9,9 +9,8 @@ is observed once per event per batch, not once per client.
 from __future__ import annotations
 
 import time
-from collections import Counter as Tally
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -43,6 +42,7 @@ class Metrics:
             ["type"],
             registry=registry,
         )
+        self._accepted_by_type: dict[str, Any] = {}  # events_accepted's child per type
         self.events_stale = Counter(
             "realtime_events_stale_dropped",
             "Events not delivered because a newer version of their entity was accepted before",
@@ -99,8 +99,14 @@ class Metrics:
     def accepted(self, events: Sequence[OutgoingEvent], ids: Sequence[str | None]) -> None:
         """A publish went through: count it by type (a stale event's id is ``None``)."""
         if None not in ids:
-            for event_type, count in Tally(event.type for event in events).items():
-                self.events_accepted.labels(event_type).inc(count)
+            counts: dict[str, int] = {}  # not collections.Counter: its constructor's ABC check costs more
+            for event in events:
+                counts[event.type] = counts.get(event.type, 0) + 1
+            for event_type, count in counts.items():
+                child = self._accepted_by_type.get(event_type)
+                if child is None:  # labels() takes a lock and checks its arguments: once per type
+                    child = self._accepted_by_type[event_type] = self.events_accepted.labels(event_type)
+                child.inc(count)
             return
         for event, event_id in zip(events, ids, strict=True):
             (self.events_stale if event_id is None else self.events_accepted).labels(event.type).inc()

@@ -160,6 +160,26 @@ async def test_admin_requests_are_counted_by_route_pattern_and_status(live: Live
         assert await delta.of(counted, route="unmatched", status="404") == 1
 
 
+async def test_post_events_is_counted_like_every_admin_route(live: Live) -> None:
+    """``POST /api/v1/events`` is a main-app route (issue 18); its other methods are the
+    sub-application's: the same series, the same 401 before 405, as every admin route."""
+    async with Delta(live) as delta:
+        assert (await live.post(STORE_EVENT))[0] == 202
+        assert (await live.post({"type": "store_updated", "data": {}}))[0] == 422
+        status, _, _ = await request(live, "POST", "/api/v1/events", body=b"{}", admin=False)
+        assert status == 401
+        status, _, _ = await request(live, "GET", "/api/v1/events", admin=False)
+        assert status == 401
+        status, _, _ = await request(live, "GET", "/api/v1/events")
+        assert status == 405
+        counted = "realtime_admin_requests_total"
+        assert await delta.of(counted, route="/api/v1/events", status="202") == 1
+        assert await delta.of(counted, route="/api/v1/events", status="422") == 1
+        assert await delta.of(counted, route="/api/v1/events", status="401") == 1
+        assert await delta.of(counted, route="unmatched", status="401") == 1  # no route for GET
+        assert await delta.of(counted, route="unmatched", status="405") == 1
+
+
 async def test_session_service_metrics_are_defined() -> None:
     """Moved by the session-service code (AUTH_SESSION_URL, another branch); defined here."""
     from server.metrics import Metrics
