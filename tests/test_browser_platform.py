@@ -166,7 +166,10 @@ async def test_seed_hook_gets_what_it_missed_across_a_restart_without_sending_an
         connected = await wait_until(page, "T.received.filter(m => m.type === 'connected')[1]", timeout=30)
         assert connected["data"]["resumed"] is True, connected
         ids.append(await post_via(publisher.base, 4))
-        received = await wait_until(page, f"{EVENTS_ONLY}.length >= 4 && {EVENTS_ONLY}")
+        # Until all four arrived: a repeat (event 1 again) must not end the wait early.
+        received = await wait_until(
+            page, f"new Set({EVENTS_ONLY}.map(m => m.data.seq)).size >= 4 && {EVENTS_ONLY}"
+        )
         # At least once (contract §7): a repeat is harmless to the hook, a miss is not.
         seqs = [m["data"]["seq"] for m in received]
         assert sorted(set(seqs)) == [1, 2, 3, 4], seqs
