@@ -68,6 +68,32 @@ async def frames_until_quiet(ws: aiohttp.ClientWebSocketResponse, wait: float = 
             return frames
 
 
+async def confirmed(live: Live, ws: aiohttp.ClientWebSocketResponse, event_id: str) -> None:
+    """Until the server knows the client received ``event_id`` (a ping written after it was
+    answered: aiohttp answers pings while it reads)."""
+    (conn,) = live.node.hub.connections
+
+    async def acked() -> bool:
+        return bool(conn.received_position() == event_id)
+
+    reading = asyncio.create_task(no_message(ws, 10))
+    await eventually(acked)
+    reading.cancel()
+
+
+async def dropped_and_back(
+    live: Live, ws: aiohttp.ClientWebSocketResponse, user: str, n: int
+) -> tuple[aiohttp.ClientWebSocketResponse, dict[str, Any], list[str]]:
+    """The network drops ``ws``; an order for ``user`` is posted while it is away; the hook comes
+    back without an id and is resumed. The new socket, its ``connected`` frame, what was posted."""
+    drop(ws)
+    await hub_empty(live)
+    sent = await post_ids(live, order(user, n))
+    again, connected = await live.ws_ready(token=make_token(user))
+    assert connected["data"]["resumed"] is True
+    return again, connected, sent
+
+
 async def sio_events(live: Live, auth: dict[str, Any], count: int) -> list[tuple[str, tuple[Any, ...]]]:
     """Connect as python-socketio's AsyncClient does by default (no position sent), read ``count``
     events, then anything else that comes within a moment."""
@@ -112,14 +138,7 @@ async def test_an_answered_ping_moves_the_position_so_nothing_older_is_replayed(
     ws, _ = await live.ws_ready(token=make_token("hook"))
     first = await post_ids(live, order("hook", 0))
     assert (await recv(ws))["id"] == first[0]
-    (conn,) = live.node.hub.connections
-
-    async def acked() -> bool:
-        return bool(conn.received_position() == first[0])
-
-    reading = asyncio.create_task(no_message(ws, 10))  # aiohttp answers pings while it reads
-    await eventually(acked)  # a ping written after event 0 was answered
-    reading.cancel()
+    await confirmed(live, ws, first[0])  # a ping written after event 0 was answered
     drop(ws)
     await hub_empty(live)
     missed = await post_ids(live, order("hook", 1))
@@ -238,32 +257,16 @@ async def test_a_reconnect_takes_its_point_so_each_gap_is_replayed_once(
     """A phone on a bad network drops again and again: each reconnect replays the gap since its
     own drop, never everything since the first one (that amplification swamped the soak run)."""
     live = await start_server(settings_for(websocket=SHORT_HEARTBEAT, history=WINDOW))
-    token = make_token("churn")
-    ws, _ = await live.ws_ready(token=token)
-    drop(ws)
-    await hub_empty(live)
-    gap_one = await post_ids(live, order("churn", 0))
-    again, connected = await live.ws_ready(token=token)
-    assert connected["data"]["resumed"] is True
+    ws, _ = await live.ws_ready(token=make_token("churn"))
+    again, _, gap_one = await dropped_and_back(live, ws, "churn", 0)
     assert [frame["id"] for frame in await frames_until_quiet(again)] == gap_one
     seen = await post_ids(live, order("churn", 1))
     assert (await recv(again))["id"] == seen[0]
-    (conn,) = live.node.hub.connections
-
-    async def acked() -> bool:
-        return bool(conn.received_position() == seen[0])
-
-    reading = asyncio.create_task(no_message(again, 10))  # aiohttp answers pings while it reads
-    await eventually(acked)
-    reading.cancel()
-    drop(again)
-    await hub_empty(live)
-    gap_two = await post_ids(live, order("churn", 2))
-    third, connected = await live.ws_ready(token=token)
-    assert connected["data"]["resumed"] is True
+    await confirmed(live, again, seen[0])
+    third, _, gap_two = await dropped_and_back(live, again, "churn", 2)
     assert [frame["id"] for frame in await frames_until_quiet(third)] == gap_two
     await third.close()  # its own close: nothing saved, and the points used are gone
-    fourth, connected = await live.ws_ready(token=token)
+    fourth, connected = await live.ws_ready(token=make_token("churn"))
     assert connected["data"]["resumed"] is False
     assert await frames_until_quiet(fourth) == []
     await fourth.close()
@@ -274,13 +277,8 @@ async def test_a_resumed_hook_is_pinged_at_once_so_a_second_drop_does_not_replay
 ) -> None:
     """Without a mark, a resumed connection's position stays its resume point until the next
     heartbeat (25 s): a phone that drops again before then is replayed the first gap again."""
-    token = make_token("marked")
-    ws, _ = await live.ws_ready(token=token)
-    drop(ws)
-    await hub_empty(live)
-    gap_one = await post_ids(live, order("marked", 0))
-    again, connected = await live.ws_ready(token=token)
-    assert connected["data"]["resumed"] is True
+    ws, _ = await live.ws_ready(token=make_token("marked"))
+    again, _, gap_one = await dropped_and_back(live, ws, "marked", 0)
     (conn,) = live.node.hub.connections
 
     async def marked() -> bool:
@@ -289,11 +287,8 @@ async def test_a_resumed_hook_is_pinged_at_once_so_a_second_drop_does_not_replay
     reading = asyncio.create_task(frames_until_quiet(again, 1.0))  # aiohttp answers the ping
     await eventually(marked)
     assert [frame["id"] for frame in await reading] == gap_one
-    drop(again)
-    await hub_empty(live)
-    gap_two = await post_ids(live, order("marked", 1))
-    third, connected = await live.ws_ready(token=token)
-    assert connected["data"]["resumed"] is True and connected["data"]["lastEventId"] == gap_one[0]
+    third, connected, gap_two = await dropped_and_back(live, again, "marked", 1)
+    assert connected["data"]["lastEventId"] == gap_one[0]
     assert [frame["id"] for frame in await frames_until_quiet(third)] == gap_two
     await third.close()
 
