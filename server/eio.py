@@ -77,6 +77,7 @@ class LeanSocket(AsyncSocket):  # type: ignore[misc]
     backlog_bytes: int
     connection: Any  # the Socket.IO connection on this socket, while there is one
     ping_mark: str | None  # the hub's position when the unanswered ping was written
+    ping_round: int
     acked: str | None  # the mark of the last ping the client answered
     peer_close_code: int | None  # the close code of a WebSocket the client closed
 
@@ -88,6 +89,7 @@ class LeanSocket(AsyncSocket):  # type: ignore[misc]
         self.backlog_bytes = 0
         self.connection = None
         self.ping_mark = self.acked = None
+        self.ping_round = 0  # which scheduled ping is this socket's next (``PingScheduler``)
         self.peer_close_code = None
 
     # python-engineio's queue of packets for the client, made when needed: a WebSocket client
@@ -367,13 +369,26 @@ class PingScheduler:
         self, interval: float, timeout: float, position: Callable[[LeanSocket], str | None] = lambda _: None
     ) -> None:
         self.position = position
-        self._pings: FixedDelay[LeanSocket] = FixedDelay(interval, self._ping)
+        self._pings: FixedDelay[tuple[LeanSocket, int]] = FixedDelay(interval, self._ping)
         self._deadlines: FixedDelay[tuple[LeanSocket, float]] = FixedDelay(timeout, self._check)
 
     def add(self, socket: LeanSocket) -> None:
-        self._pings.add(socket)
+        socket.ping_round += 1
+        self._pings.add((socket, socket.ping_round))
 
-    async def _ping(self, socket: LeanSocket) -> None:
+    async def ping_now(self, socket: LeanSocket) -> None:
+        """Ping out of turn, when no ping is awaiting its PONG: the cycle goes on from this one
+        (the ping already scheduled is dropped), so a client is never pinged twice per cycle."""
+        if socket.last_ping is None:
+            socket.ping_round += 1
+            await self._send_ping(socket)
+
+    async def _ping(self, entry: tuple[LeanSocket, int]) -> None:
+        socket, ping_round = entry
+        if ping_round == socket.ping_round:  # else superseded by ``ping_now``
+            await self._send_ping(socket)
+
+    async def _send_ping(self, socket: LeanSocket) -> None:
         if not socket.closing and not socket.closed:
             socket.ping_mark = self.position(socket)
             socket.last_ping = sent = time.time()

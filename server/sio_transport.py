@@ -218,6 +218,11 @@ class RealtimeServer(socketio.AsyncServer):  # type: ignore[misc]
         if pending is not None:
             conn, resume = pending
             conn.node.resume(conn, resume)
+            socket = self.socket(eio_sid)
+            if resume.by_server and resume.recovered and socket is not None:
+                # Resumed from a point: until it answers a ping its position is that point, so
+                # a drop before the next ping (25 s) would replay all of this again.
+                await self.eio.pings.ping_now(socket)
 
     def close_transport(self, eio_sid: str, code: int, reason: str) -> None:
         """Close the Engine.IO connection without a Socket.IO DISCONNECT (the client reconnects)."""

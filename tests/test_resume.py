@@ -418,6 +418,51 @@ async def test_socketio_client_that_stops_answering_pings_is_resumed(
     assert [args[-1] for _, args in events] == sent
 
 
+async def sio_marked_after_resume(live: Live, user: str) -> tuple[aiohttp.ClientWebSocketResponse, str]:
+    """A raw Socket.IO client of ``user`` drops; an order is posted; it comes back without an id:
+    the replay, then at once (not a ping interval later) a PING, answered here."""
+    first = await live.sio_ws({"token": make_token(user)})
+    drop(first)
+    await hub_empty(live)
+    (sent,) = await post_ids(live, order(user, 0))
+    again = await live.sio_ws({"token": make_token(user)})
+    replayed = await again.receive_str(timeout=3)
+    assert replayed.startswith("42") and sent in replayed, replayed
+    assert await again.receive_str(timeout=3) == "2"
+    await again.send_str("3")
+    return again, sent
+
+
+async def test_a_socketio_client_resumed_from_a_point_is_pinged_at_once(live: Live) -> None:
+    again, sent = await sio_marked_after_resume(live, "sio-marked")
+    (conn,) = live.node.hub.connections
+
+    async def marked() -> bool:
+        return bool(conn.received_position() == sent)
+
+    await eventually(marked)
+    await again.close()
+
+
+async def test_the_ping_out_of_turn_does_not_start_a_second_ping_cycle(
+    start_server: StartServer, settings_for: Callable[..., Settings]
+) -> None:
+    live = await start_server(settings_for(websocket={"heartbeat_seconds": 1}, history=WINDOW))
+    again, _ = await sio_marked_after_resume(live, "sio-cycle")
+    pings = 0
+    deadline = asyncio.get_running_loop().time() + 3.5
+    while (left := deadline - asyncio.get_running_loop().time()) > 0:
+        try:
+            packet = await again.receive_str(timeout=left)
+        except TimeoutError:
+            break
+        assert packet == "2", packet
+        pings += 1
+        await again.send_str("3")
+    assert 2 <= pings <= 4, pings  # one a second; two cycles would make about seven
+    await again.close()
+
+
 async def test_socketio_client_reconnecting_after_a_slow_consumer_close_gets_every_event(
     start_server: StartServer, settings_for: Callable[..., Settings]
 ) -> None:
