@@ -10,8 +10,9 @@ value per ping round, nothing per delivered event). What this module keeps, per 
   point (the oldest), so a client that drops again and again replays each gap once; several tabs
   that drop together each get what they missed, at least once (``take_resume_point``);
 - **leases** (Redis only): every ``websocket.heartbeat_seconds`` each process writes the
-  positions of its live connections, so that the clients of a process that is killed (no code
-  runs, nothing is saved at its end) are resumed by the others too.
+  positions of its live connections (per user: the oldest, and how many), so that the clients
+  of a process that is killed (no code runs, nothing is saved at its end) are resumed by the
+  others too; each reconnect that uses a lease takes one of its connections.
 
 Writes are batched: everything that happens in one turn of the event loop is one round trip.
 """
@@ -20,11 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
 
 from handlers.subscriptions import user_room
 from server.background import spawn
-from server.backplane.base import Backplane, BackplaneUnavailable, ResumePoint, oldest
+from server.backplane.base import Backplane, BackplaneUnavailable, ResumePoint
 from server.hub import Connection, Hub
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ class ResumeBook:
     # --- connections ---------------------------------------------------------------------------
 
     def started(self, conn: Connection) -> None:
-        """A connection is live: lease its start position (kept if the user already has one)."""
+        """A connection is live: add it to its user's lease here (an older position is kept)."""
         if self.enabled and self.backplane.shares_processes and conn.start_position is not None:
             self._new_leases.append((conn.user_id, conn.identity.role, conn.start_position))
             self._schedule()
@@ -105,7 +105,7 @@ class ResumeBook:
         if ended:  # before the new leases: a user who reconnected here this turn keeps its own
             calls.append(self.backplane.drop_leases(ended))
         if leases:
-            calls.append(self.backplane.save_leases(oldest_per_user(leases), only_new=True))
+            calls.append(self.backplane.save_leases(leases, only_new=True))
         for outcome in await asyncio.gather(*calls, return_exceptions=True):
             if isinstance(outcome, BackplaneUnavailable):
                 log.warning("could not save resume points", extra={"error": str(outcome)})
@@ -116,7 +116,7 @@ class ResumeBook:
         """Every ``lease_interval``: the positions of this process's live connections."""
         while True:
             await asyncio.sleep(self.lease_interval)
-            points = oldest_per_user(self.live_points())
+            points = self.live_points()
             if points:
                 try:
                     await self.backplane.save_leases(points, only_new=False)
@@ -158,17 +158,4 @@ def _has_other(hub: Hub, user_id: str, role: str) -> bool:
     return any(conn.identity.role == role for conn in members)
 
 
-def oldest_per_user(points: Iterable[ResumePoint]) -> list[ResumePoint]:
-    """One point per user and role, the oldest: a lease covers all of a user's connections here."""
-    by_user: dict[tuple[str, str], list[str]] = {}
-    for user_id, role, position in points:
-        by_user.setdefault((user_id, role), []).append(position)
-    result: list[ResumePoint] = []
-    for (user_id, role), positions in by_user.items():
-        first = oldest(positions)
-        if first is not None:
-            result.append((user_id, role, first))
-    return result
-
-
-__all__ = ["STOP_CODES", "ResumeBook", "oldest_per_user"]
+__all__ = ["STOP_CODES", "ResumeBook"]

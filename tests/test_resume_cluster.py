@@ -141,3 +141,29 @@ async def test_versions_are_decided_once_across_two_real_processes(cluster: list
     for v, (_, first) in zip(range(6, 40), results, strict=True):
         _, again = await cluster[(v + 1) % 2].post(versioned(v, idempotencyKey=f"k{v}"))
         assert again == first
+
+
+async def test_a_killed_processs_lease_resumes_each_of_its_connections_once(cluster: list[Live]) -> None:
+    """Two tabs on a process that is killed: each reconnect elsewhere takes one of the lease's two
+    connections; a later reconnect is not resumed from it again (it used to be, every time, for
+    as long as the user kept reconnecting: the soak's replays grew after each kill)."""
+    doomed, survivor = cluster
+    tabs = [(await doomed.ws_ready(token=make_token("tabs")))[0] for _ in range(2)]
+    before = await post_ids(survivor, order("tabs", 0))
+    for tab in tabs:
+        assert (await recv(tab))["id"] == before[0]
+    doomed.app.kill()
+    for tab in tabs:
+        assert await recv_close(tab) in (1006, None)
+        await tab.close()
+    missed = await post_ids(survivor, order("tabs", 1))
+    for _ in tabs:
+        again, connected = await survivor.ws_ready(token=make_token("tabs"))
+        assert connected["data"]["resumed"] is True
+        ids = [frame["id"] for frame in await frames_until_quiet(again)]
+        assert ids[-1:] == missed and set(ids) <= {*before, *missed}, ids
+        await again.close()
+    later, connected = await survivor.ws_ready(token=make_token("tabs"))
+    assert connected["data"]["resumed"] is False
+    await no_message(later)
+    await later.close()

@@ -8,7 +8,7 @@ same behavioural tests run against both.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -118,8 +118,10 @@ class Backplane(ABC):
 
     @abstractmethod
     async def save_leases(self, points: Sequence[ResumePoint], only_new: bool) -> None:
-        """This process's live connections' positions, for the others to resume them if it dies
-        (``only_new``: keep a user's older position if there is one). Only shared backplanes."""
+        """This process's live connections' positions (one each), for the others to resume them
+        if it dies: per user and role, the oldest and how many connections (each reconnect that
+        uses a lease takes one). ``only_new``: connections added to a user's lease (its older
+        position kept); otherwise the lease is replaced. Only shared backplanes."""
 
     @abstractmethod
     async def drop_leases(self, users: Sequence[tuple[str, str]]) -> None:
@@ -172,6 +174,19 @@ def take_resume_point(points: list[tuple[str, float]]) -> str | None:
     return position
 
 
+def leases_by_user(points: Iterable[ResumePoint]) -> list[tuple[str, str, str, int]]:
+    """Per user and role: the oldest position and how many connections it stands for."""
+    by_user: dict[tuple[str, str], list[str]] = {}
+    for user_id, role, position in points:
+        by_user.setdefault((user_id, role), []).append(position)
+    result = []
+    for (user_id, role), positions in by_user.items():
+        first = oldest(positions)
+        if first is not None:
+            result.append((user_id, role, first, len(positions)))
+    return result
+
+
 def oldest(positions: Collection[str | bytes]) -> str | None:
     """The oldest of some event ids (several tabs that dropped: each must get what it missed)."""
     best: tuple[EventId, str] | None = None
@@ -200,6 +215,7 @@ __all__ = [
     "ResumePoint",
     "format_event_id",
     "is_recoverable",
+    "leases_by_user",
     "oldest",
     "parse_after",
     "select_missed",

@@ -17,8 +17,9 @@ Keys (``P`` is ``redis.key_prefix``; the README documents the entry format for d
 - ``P:resume:ROLE:USER``: sorted set, one member ``EVENT_ID|TAG`` per connection of that user and
   role that dropped (it was last known to be receiving up to EVENT_ID), scored by when it was
   saved; a reconnect without an id takes one (expires after the resume window)
-- ``P:lease:ROLE:USER``: hash, process → the position of that user's live connections there,
-  renewed every heartbeat interval (expires after the resume window)
+- ``P:lease:ROLE:USER``: hash, process → ``POSITION|COUNT``: the oldest position of that user's
+  COUNT live connections there, renewed every heartbeat interval (expires after the resume
+  window); each reconnect elsewhere that uses it takes one of the COUNT
 - ``P:session:PID``: a Socket.IO session's stores
 - ``P:nodes`` (sorted set: node → expiry ms), ``P:node:NAME`` (stats), ``P:node:NAME:users``
 """
@@ -50,6 +51,7 @@ from server.backplane.base import (
     NodeReport,
     ResumePoint,
     is_recoverable,
+    leases_by_user,
     oldest,
     parse_after,
     select_missed,
@@ -335,16 +337,14 @@ class RedisBackplane(Backplane):
     async def save_leases(self, points: Sequence[ResumePoint], only_new: bool) -> None:
         if self.resume_window_ms <= 0 or not points:
             return
+        leases = leases_by_user(points)
         calls = []
-        for start in range(0, len(points), SAVE_CHUNK):
-            chunk = points[start : start + SAVE_CHUNK]
-            keys = [self._lease_key(user_id, role) for user_id, role, _ in chunk]
-            args = [
-                self.resume_window_ms,
-                self.lease_field,
-                "1" if only_new else "0",
-                *(p for _, _, p in chunk),
-            ]
+        for start in range(0, len(leases), SAVE_CHUNK):
+            chunk = leases[start : start + SAVE_CHUNK]
+            keys = [self._lease_key(user_id, role) for user_id, role, _, _ in chunk]
+            args = [self.resume_window_ms, self.lease_field, "1" if only_new else "0"]
+            for _, _, position, count in chunk:
+                args += [position, count]
             calls.append(self._eval(SAVE_LEASES, args, keys))
         async with self._reachable():
             await asyncio.gather(*calls)

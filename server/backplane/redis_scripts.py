@@ -98,8 +98,11 @@ end
 # in ms, this process's lease field. The position, then where to resume: the oldest point saved
 # within the window, taken (``take_resume_point`` in base.py: the next point, if saved together
 # with it, inherits its position), and the leases of other processes (a process that was killed
-# saved nothing; they are not taken: those connections may be live). Points are ZSET members
-# "POSITION|TAG" (TAG makes each connection's point its own) scored by when they were saved.
+# saved nothing). A lease "POSITION|COUNT" stands for COUNT connections: a reconnect that uses it
+# takes one, so a dead process's lease resumes its clients once each, not every reconnect of
+# those users from then on (a live process writes its leases again every heartbeat interval).
+# Points are ZSET members "POSITION|TAG" (TAG makes each connection's point its own) scored by
+# when they were saved.
 START_POSITION = (
     ENSURE_FLOOR
     + OLDER
@@ -137,7 +140,18 @@ if first then
 end
 local leases = redis.call('HGETALL', KEYS[5])
 for i = 1, #leases, 2 do
-  if leases[i] ~= ARGV[2] then points[#points + 1] = leases[i + 1] end
+  if leases[i] ~= ARGV[2] then
+    local at, count = string.match(leases[i + 1], '^([^|]*)|?(%d*)$')
+    if at then
+      points[#points + 1] = at
+      count = tonumber(count) or 1
+      if count > 1 then
+        redis.call('HSET', KEYS[5], leases[i], at .. '|' .. (count - 1))
+      else
+        redis.call('HDEL', KEYS[5], leases[i])
+      end
+    end
+  end
 end
 return {position, points}
 """
@@ -156,15 +170,20 @@ end
 """.replace("MAX_RESUME_POINTS", str(MAX_RESUME_POINTS))
 
 # KEYS: lease hashes (one per user and role). ARGV: the window in ms, this process's field, '1' to
-# keep an older lease already there, then one event id per key.
+# add to the lease already there (its older position kept, the counts summed), then per key an
+# event id and a count of connections.
 SAVE_LEASES = (
     OLDER
     + """
 for i = 1, #KEYS do
+  local position, count = ARGV[2 * i + 2], tonumber(ARGV[2 * i + 3])
   local current = ARGV[3] == '1' and redis.call('HGET', KEYS[i], ARGV[2])
-  if not current or older(ARGV[i + 3], current) then
-    redis.call('HSET', KEYS[i], ARGV[2], ARGV[i + 3])
+  if current then
+    local at, had = string.match(current, '^([^|]*)|?(%d*)$')
+    if at and older(at, position) then position = at end
+    count = count + (tonumber(had) or 1)
   end
+  redis.call('HSET', KEYS[i], ARGV[2], position .. '|' .. count)
   redis.call('PEXPIRE', KEYS[i], ARGV[1])
 end
 """
