@@ -175,7 +175,9 @@ class Node:
                 resume.resync_reason = "history_expired"
             except BackplaneUnavailable:
                 resume.resync_reason = "history_unavailable"
-        conn.start_position = resume.after_id if resume.recovered else resume.position
+        # Redis down: what this hub delivered last is a safe start (whatever comes after reaches
+        # ``conn`` live), so a drop before its first pong still leaves a point (contract §7).
+        conn.start_position = (resume.after_id if resume.recovered else resume.position) or self.hub.position
         self.resume_book.started(conn)
         log.info(
             "client connected",

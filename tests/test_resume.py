@@ -21,7 +21,8 @@ from server.backplane.base import MAX_RESUME_POINTS, TOGETHER_SECONDS, take_resu
 from server.backplane.redis import RedisBackplane
 from server.config import Settings
 from tests.clients import Live, make_token, no_message, recv, recv_close
-from tests.conftest import StartServer
+from tests.conftest import StartServer, make_settings
+from tests.redis_server import RedisServer
 from tests.support import eventually
 
 SHORT_HEARTBEAT = {"heartbeat_seconds": 0.2, "heartbeat_timeout_seconds": 0.2}
@@ -372,6 +373,32 @@ async def test_a_reconnect_loop_keeps_a_bounded_number_of_points(live: Live) -> 
     await backplane.save_resume_points([("loop", "customer", position)] * (MAX_RESUME_POINTS + 50))
     taken = [(await backplane.start_position("loop", "customer"))[1] for _ in range(MAX_RESUME_POINTS + 10)]
     assert taken == [position] * MAX_RESUME_POINTS + [None] * 10
+
+
+async def test_a_hook_that_connected_while_redis_was_down_still_leaves_a_point_when_it_drops(
+    start_server: StartServer, redis: RedisServer
+) -> None:
+    """Its position could not be read at connect: it starts from the last event this process
+    delivered, so a drop before its first pong is still resumed (the soak's hook clients missed
+    the events posted right after its Redis restart)."""
+    live = await start_server(make_settings(redis={"url": redis.url, "retry_after_seconds": 1}))
+    (before,) = await post_ids(live, order("nobody", 0))
+
+    async def delivered() -> bool:
+        return bool(live.node.hub.position == before)
+
+    await eventually(delivered)
+    redis.pause()
+    try:
+        ws, connected = await live.ws_ready(token=make_token("outage"))  # after the read times out
+    finally:
+        redis.resume()
+    assert connected["data"]["resumed"] is False
+    seen = await post_ids(live, order("outage", 1))
+    assert (await recv(ws, timeout=10))["id"] == seen[0]
+    again, _, missed = await dropped_and_back(live, ws, "outage", 2)
+    assert [frame["id"] for frame in await frames_until_quiet(again)] == seen + missed
+    await again.close()
 
 
 async def test_a_client_that_sends_an_id_is_resumed_from_it_and_told_so(live: Live) -> None:
