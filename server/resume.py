@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 # close that means "stop" (kicked, bad query, bad token, forbidden).
 STOP_CODES = frozenset({1000, 1001, 1005, 4001, 4400, 4401, 4403})
 SHUTDOWN_SAVE_SECONDS = 3.0  # of the 10 s shutdown budget
+SAVE_RETRY_SECONDS = 1.0  # points that could not be saved (Redis down) are tried again this often
+MAX_UNSAVED_POINTS = 100_000  # kept meanwhile, at most (the oldest dropped first)
 
 
 class ResumeBook:
@@ -47,6 +49,7 @@ class ResumeBook:
         self._new_leases: list[ResumePoint] = []  # connections that started this turn
         self._ended: list[tuple[str, str]] = []  # users (and roles) that closed for good
         self._flush_due = False
+        self._retry_due = False  # points that could not be saved wait for another try
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -106,11 +109,25 @@ class ResumeBook:
             calls.append(self.backplane.drop_leases(ended))
         if leases:
             calls.append(self.backplane.save_leases(leases, only_new=True))
-        for outcome in await asyncio.gather(*calls, return_exceptions=True):
+        outcomes = await asyncio.gather(*calls, return_exceptions=True)
+        for outcome in outcomes:
             if isinstance(outcome, BackplaneUnavailable):
                 log.warning("could not save resume points", extra={"error": str(outcome)})
             elif isinstance(outcome, BaseException):
                 log.error("saving resume points failed", exc_info=outcome)
+        if points and isinstance(outcomes[0], BackplaneUnavailable):
+            # Redis is down or restarting: these clients will reconnect meanwhile or soon after,
+            # so the points are kept and saved again (leases are rewritten every heartbeat).
+            self._points = (points + self._points)[-MAX_UNSAVED_POINTS:]
+            if not self._retry_due:
+                self._retry_due = True
+                spawn(self._retry())
+
+    async def _retry(self) -> None:
+        await asyncio.sleep(SAVE_RETRY_SECONDS)
+        self._retry_due = False
+        if self._points:
+            self._schedule()
 
     async def _renew_leases(self) -> None:
         """Every ``lease_interval``: the positions of this process's live connections."""

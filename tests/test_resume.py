@@ -401,6 +401,29 @@ async def test_a_hook_that_connected_while_redis_was_down_still_leaves_a_point_w
     await again.close()
 
 
+async def test_a_point_that_could_not_be_saved_while_redis_was_down_is_saved_once_it_is_back(
+    start_server: StartServer, redis: RedisServer
+) -> None:
+    """The soak's hook clients that dropped just as its Redis came back were not resumed."""
+    live = await start_server(make_settings(redis={"url": redis.url, "retry_after_seconds": 1}))
+    ws, _ = await live.ws_ready(token=make_token("unsaved"))
+    (seen,) = await post_ids(live, order("unsaved", 0))
+    assert (await recv(ws))["id"] == seen
+    await confirmed(live, ws, seen)  # (a ping answered: its point will be after ``seen``)
+    redis.pause()
+    try:
+        drop(ws)
+        await hub_empty(live)
+        await asyncio.sleep(6)  # the save times out meanwhile
+    finally:
+        redis.resume()
+    missed = await post_ids(live, order("unsaved", 1))
+    again, connected = await live.ws_ready(token=make_token("unsaved"))
+    assert connected["data"]["resumed"] is True, connected
+    assert [frame["id"] for frame in await frames_until_quiet(again)] == missed
+    await again.close()
+
+
 async def test_a_client_that_sends_an_id_is_resumed_from_it_and_told_so(live: Live) -> None:
     ws, connected = await live.ws_ready(token=make_token("exact"))
     assert connected["data"]["resumed"] is False
