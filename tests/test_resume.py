@@ -95,6 +95,14 @@ async def dropped_and_back(
     return again, connected, sent
 
 
+async def comes_back_fresh(live: Live, user: str) -> None:
+    """The hook of ``user`` reconnects without an id: not resumed, and nothing replayed."""
+    again, connected = await live.ws_ready(token=make_token(user))
+    assert connected["data"]["resumed"] is False
+    await no_message(again)
+    await again.close()
+
+
 async def sio_events(live: Live, auth: dict[str, Any], count: int) -> list[tuple[str, tuple[Any, ...]]]:
     """Connect as python-socketio's AsyncClient does by default (no position sent), read ``count``
     events, then anything else that comes within a moment."""
@@ -177,10 +185,7 @@ async def test_no_resume_after_the_clients_own_close_on_either_transport(live: L
     await client.close()  # a Socket.IO DISCONNECT
     await hub_empty(live)
     await post_ids(live, {"events": [order("leaver", 0), order("sio-leaver", 0)]})
-    again, connected = await live.ws_ready(token=make_token("leaver"))
-    assert connected["data"]["resumed"] is False
-    await no_message(again)
-    await again.close()
+    await comes_back_fresh(live, "leaver")
     other = await live.sio({"token": make_token("sio-leaver")})
     await asyncio.sleep(0.3)
     assert other.events == []
@@ -196,10 +201,7 @@ async def test_a_user_disconnected_by_the_admin_api_is_not_resumed(live: Live) -
     assert await recv_close(ws) == 4001
     await hub_empty(live)
     await post_ids(live, order("kicked", 0))
-    again, connected = await live.ws_ready(token=make_token("kicked"))
-    assert connected["data"]["resumed"] is False
-    await no_message(again)
-    await again.close()
+    await comes_back_fresh(live, "kicked")
 
 
 async def test_no_resume_outside_the_window(
@@ -211,10 +213,7 @@ async def test_no_resume_outside_the_window(
     await hub_empty(live)
     await post_ids(live, order("late", 0))
     await asyncio.sleep(1.5)  # the window passes
-    again, connected = await live.ws_ready(token=make_token("late"))
-    assert connected["data"]["resumed"] is False
-    await no_message(again)
-    await again.close()
+    await comes_back_fresh(live, "late")
 
 
 async def test_resume_never_replays_another_users_order(
@@ -267,10 +266,7 @@ async def test_a_reconnect_takes_its_point_so_each_gap_is_replayed_once(
     third, _, gap_two = await dropped_and_back(live, again, "churn", 2)
     assert [frame["id"] for frame in await frames_until_quiet(third)] == gap_two
     await third.close()  # its own close: nothing saved, and the points used are gone
-    fourth, connected = await live.ws_ready(token=make_token("churn"))
-    assert connected["data"]["resumed"] is False
-    assert await frames_until_quiet(fourth) == []
-    await fourth.close()
+    await comes_back_fresh(live, "churn")
 
 
 async def test_a_resumed_hook_is_pinged_at_once_so_a_second_drop_does_not_replay_the_first_gap(
@@ -592,7 +588,4 @@ async def test_no_resume_after_a_close_frame_without_a_code(
     await hub_empty(live)
     raw.writer.close()
     await post_ids(live, order("tab", 0))
-    again, connected = await live.ws_ready(token=make_token("tab"))
-    assert connected["data"]["resumed"] is False
-    await no_message(again)
-    await again.close()
+    await comes_back_fresh(live, "tab")

@@ -9,6 +9,7 @@ import signal
 from typing import Any
 
 import aiohttp
+import pytest
 
 from server.events import parse_event_id
 from tests.clients import Live, SioClient, make_token, no_message, recv, recv_close
@@ -67,33 +68,24 @@ async def check_resumed_on(survivor: Live, before: list[str], missed: list[str])
     assert ids[-1:] == [missed[1]] and set(ids) <= {*before, missed[1]}, (ids, before, missed)
 
 
-async def test_hook_reconnecting_to_the_other_process_after_a_restart_gets_what_it_missed(
-    cluster: list[Live],
+@pytest.mark.parametrize("fault", ["restart", "kill"])
+async def test_hook_reconnecting_to_the_other_process_gets_what_it_missed(
+    cluster: list[Live], fault: str
 ) -> None:
+    """A restart (SIGTERM: 1012, resume points saved) or a kill (SIGKILL: nothing runs at its
+    end; its leases are what the others have)."""
     doomed, survivor = cluster
     ws, sio = await clients_on(doomed)
     before = await post_ids(survivor, {"events": [order("hook", 0), order("sio", 0)]})
     assert (await recv(ws))["id"] == before[0]
     await sio.wait_for(1)
-    doomed.app.signal(signal.SIGTERM)
-    assert await recv_close(ws) == 1012
-    await ws.close()
-    assert await doomed.app.wait_exit() == 0
-    missed = await post_ids(survivor, {"events": [order("hook", 1), order("sio", 1), order("other", 1)]})
-    await check_resumed_on(survivor, before, missed)
-    await sio.close()
-
-
-async def test_hook_reconnecting_to_the_other_process_after_a_kill_gets_what_it_missed(
-    cluster: list[Live],
-) -> None:
-    doomed, survivor = cluster
-    ws, sio = await clients_on(doomed)
-    before = await post_ids(survivor, {"events": [order("hook", 0), order("sio", 0)]})
-    assert (await recv(ws))["id"] == before[0]
-    await sio.wait_for(1)
-    doomed.app.kill()  # SIGKILL: nothing runs at its end; its leases are what the others have
-    assert await recv_close(ws) in (1006, None)
+    if fault == "restart":
+        doomed.app.signal(signal.SIGTERM)
+        assert await recv_close(ws) == 1012
+        assert await doomed.app.wait_exit() == 0
+    else:
+        doomed.app.kill()
+        assert await recv_close(ws) in (1006, None)
     await ws.close()
     missed = await post_ids(survivor, {"events": [order("hook", 1), order("sio", 1), order("other", 1)]})
     await check_resumed_on(survivor, before, missed)
