@@ -137,6 +137,13 @@ async def chromium() -> AsyncIterator[Any]:
         shutil.rmtree(profile, ignore_errors=True)
 
 
+EVENTS_ONLY = "T.received.filter(m => m.id)"  # what a page's client received, events only
+
+
+def ws_base(http_base: str) -> str:
+    return http_base.replace("http://", "ws://", 1)
+
+
 async def open_page(context: Any, url: str) -> Any:
     page = await context.new_page()
     errors: list[str] = []

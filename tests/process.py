@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+import aiohttp
+
 from tests.clients import ADMIN_KEY, JWT_SECRET
 from tests.redis_server import free_port
 
@@ -180,3 +182,68 @@ def wait_all(servers: list[ServerProcess], timeout: float = 10.0) -> list[Exited
     finally:
         for server in servers:
             server.close()
+
+
+async def post_via(base: str, seq: int) -> str:
+    """A store_updated numbered ``seq``, posted to the process at ``base``; its event id."""
+    body = {"type": "store_updated", "data": {"storeId": "s1", "store": {}, "seq": seq}}
+    headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{base}/api/v1/events", json=body, headers=headers) as resp,
+    ):
+        answer = await resp.json()
+        assert resp.status == 202, answer
+        event_id: str = answer["ids"][0]
+        return event_id
+
+
+class RestartScene:
+    """A deploy, as the client tests play it: a server on Redis that is stopped (SIGTERM) and
+    started again on the same port, and a second process on the same Redis that publishes
+    meanwhile. ``async with RestartScene(url) as scene``: both are up; all are closed after."""
+
+    def __init__(self, redis_url: str, env: Mapping[str, str] | None = None) -> None:
+        self.env = {"REDIS_URL": redis_url, "PORT": str(free_port()), **(env or {})}
+        self.servers = [ServerProcess(self.env), ServerProcess({"REDIS_URL": redis_url})]
+
+    @property
+    def base(self) -> str:
+        """The restarted server's address (the same before and after)."""
+        return self.servers[0].base
+
+    async def __aenter__(self) -> RestartScene:
+        try:
+            for server in self.servers:
+                server.start()
+            for server in self.servers:
+                await asyncio.to_thread(server.wait_healthy)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for server in self.servers:
+            server.close()
+
+    async def post(self, seq: int) -> str:
+        """An event numbered ``seq``, through the publishing process; its id."""
+        return await post_via(self.servers[1].base, seq)
+
+    def stop(self) -> None:
+        """SIGTERM, as a deploy sends: the server closes its clients with 1012 and exits."""
+        self.servers[0].signal(signal.SIGTERM)
+
+    async def stopped(self) -> None:
+        """Until it has exited, cleanly."""
+        assert await self.servers[0].wait_exit(10) == 0, self.servers[0].stderr
+
+    async def start_again(self) -> None:
+        """The same command on the same port (the stopped process's output is kept)."""
+        self.servers[0].close()
+        self.servers[0] = ServerProcess(self.env).start()
+        await asyncio.to_thread(self.servers[0].wait_healthy)

@@ -11,7 +11,6 @@ The seed hook with a platform session cookie and with server-side resume: test_b
 from __future__ import annotations
 
 import asyncio
-import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,18 +18,19 @@ from typing import Any
 import pytest
 
 from tests.browser_support import (
+    EVENTS_ONLY,
     PageServer,
     build_example_bundle,
     chromium,
     open_page,
     screenshot,
     wait_until,
+    ws_base,
 )
 from tests.clients import Live, make_token
 from tests.conftest import StartServer, make_settings
-from tests.process import ServerProcess
+from tests.process import RestartScene
 from tests.redis_server import RedisServer, free_port
-from tests.test_node_client import post_via
 
 USER = "u-browser"
 EVERY_TYPE = [
@@ -52,7 +52,6 @@ SEED_INVALIDATIONS = [
     ["products", "s1"],
     ["products", "s1"],
 ]
-EVENTS_ONLY = "T.received.filter(m => m.id)"
 WRONG_SECRET = "not-the-server-secret-but-long-enough"
 
 
@@ -72,10 +71,6 @@ async def page_server(example_bundle: Path) -> AsyncIterator[PageServer]:
 async def browser() -> AsyncIterator[Any]:
     async with chromium() as context:
         yield context
-
-
-def ws_base(http_base: str) -> str:
-    return http_base.replace("http://", "ws://", 1)
 
 
 def seed_url(base: str, user: str) -> str:
@@ -150,46 +145,31 @@ async def test_example_core_does_not_retry_a_refused_token(
     assert await page.evaluate("T.willRetry") is False
 
 
-@pytest.fixture
-def redis_url(redis: RedisServer) -> str:
-    return redis.url
-
-
 async def test_example_core_resumes_by_last_event_id_after_a_server_restart(
-    redis_url: str, page_server: PageServer, browser: Any
+    redis: RedisServer, page_server: PageServer, browser: Any
 ) -> None:
     """SIGTERM → 1012; the core reconnects (jittered, ≤ 3 s) with lastEventId and gets what it missed."""
-    env = {"REDIS_URL": redis_url, "PORT": str(free_port()), "AUTH_INSECURE": "1"}
-    first, publisher = ServerProcess(env).start(), ServerProcess({"REDIS_URL": redis_url}).start()
-    second: ServerProcess | None = None
-    try:
-        first.wait_healthy()
-        publisher.wait_healthy()
+    async with RestartScene(redis.url, {"AUTH_INSECURE": "1"}) as scene:
         page = await open_page(browser, page_server.origin())
-        await start_client(page, "example", first.base)
+        await start_client(page, "example", scene.base)
         await wait_until(page, "T.connected")
-        ids = [await post_via(publisher.base, 1)]
+        ids = [await scene.post(1)]
         await wait_until(page, f"{EVENTS_ONLY}.length === 1")
 
-        first.signal(signal.SIGTERM)
+        scene.stop()
         await wait_until(page, "T.closes.length === 1")
         assert await page.evaluate("[T.closes, T.willRetry]") == [[1012], True]
-        assert await first.wait_exit(10) == 0
-        ids += [await post_via(publisher.base, seq) for seq in (2, 3)]
-        second = ServerProcess(env).start()
-        await asyncio.to_thread(second.wait_healthy)
+        await scene.stopped()
+        ids += [await scene.post(seq) for seq in (2, 3)]
+        await scene.start_again()
         # The reconnect's first frame: it continues from the id the core sent, then the missed events.
         connected = await wait_until(page, "T.received.filter(m => m.type === 'connected')[1]", timeout=20)
         assert connected["data"]["lastEventId"] == ids[0], connected
-        ids.append(await post_via(publisher.base, 4))
+        ids.append(await scene.post(4))
         received = await wait_until(page, f"{EVENTS_ONLY}.length >= 4 && {EVENTS_ONLY}")
         assert [m["data"]["seq"] for m in received] == [1, 2, 3, 4]
         assert [m["id"] for m in received] == ids
         await screenshot(page, "example-hook-after-restart")
-    finally:
-        for server in (first, publisher, second):
-            if server is not None:
-                server.close()
 
 
 @pytest.mark.parametrize("transport", ["websocket", "polling"])

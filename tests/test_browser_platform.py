@@ -12,7 +12,6 @@ Both fail until those branches are merged. Same page, port and Chromium as test_
 from __future__ import annotations
 
 import asyncio
-import signal
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,22 +21,22 @@ import pytest
 from aiohttp import web
 
 from tests.browser_support import (
+    EVENTS_ONLY,
     PageServer,
     build_example_bundle,
     chromium,
     open_page,
     screenshot,
     wait_until,
+    ws_base,
 )
 from tests.clients import Live, make_token
 from tests.conftest import StartServer, make_settings
-from tests.process import ServerProcess
+from tests.process import RestartScene
 from tests.redis_server import RedisServer, free_port
-from tests.test_node_client import post_via
 
 COOKIE = "platform_session"
 SESSIONS = {"sess-7f3a": "u-cookie"}  # the platform's live sessions: cookie value → user id
-EVENTS_ONLY = "T.received.filter(m => m.id)"
 
 
 @pytest.fixture(scope="session")
@@ -95,10 +94,6 @@ async def page_server(example_bundle: Path) -> AsyncIterator[PageServer]:
     await server.stop()
 
 
-def ws_base(http_base: str) -> str:
-    return http_base.replace("http://", "ws://", 1)
-
-
 async def start(page: Any, client: str, base: str, user: str) -> None:
     """The seed hook, or the example core on the seed's URL with no token."""
     if client == "seed":
@@ -136,36 +131,25 @@ async def test_hook_is_identified_by_the_platform_session_cookie(
         assert not [m for m in await page.evaluate("T.received") if m["type"] == "connected"]
 
 
-@pytest.fixture
-def redis_url(redis: RedisServer) -> str:
-    return redis.url
-
-
 async def test_seed_hook_gets_what_it_missed_across_a_restart_without_sending_an_id(
-    redis_url: str, page_server: PageServer, browser: Any
+    redis: RedisServer, page_server: PageServer, browser: Any
 ) -> None:
     """SIGTERM → 1012; the hook reconnects 3 s later with its unchanged URL; the server resumes it."""
-    env = {"REDIS_URL": redis_url, "PORT": str(free_port()), "AUTH_INSECURE": "1"}
-    first, publisher = ServerProcess(env).start(), ServerProcess({"REDIS_URL": redis_url}).start()
-    second: ServerProcess | None = None
-    try:
-        first.wait_healthy()
-        publisher.wait_healthy()
+    async with RestartScene(redis.url, {"AUTH_INSECURE": "1"}) as scene:
         page = await open_page(browser, page_server.origin())
-        await page.evaluate("([url, user]) => startSeed(url, user)", [ws_base(first.base), "u-resume"])
+        await page.evaluate("([url, user]) => startSeed(url, user)", [ws_base(scene.base), "u-resume"])
         await wait_until(page, "T.connected")
-        ids = [await post_via(publisher.base, 1)]
+        ids = [await scene.post(1)]
         await wait_until(page, f"{EVENTS_ONLY}.length === 1")
 
-        first.signal(signal.SIGTERM)
+        scene.stop()
         assert await wait_until(page, "T.closes.length && T.closes[0]") == 1012
-        assert await first.wait_exit(10) == 0
-        ids += [await post_via(publisher.base, seq) for seq in (2, 3)]
-        second = ServerProcess(env).start()
-        await asyncio.to_thread(second.wait_healthy)
+        await scene.stopped()
+        ids += [await scene.post(seq) for seq in (2, 3)]
+        await scene.start_again()
         connected = await wait_until(page, "T.received.filter(m => m.type === 'connected')[1]", timeout=30)
         assert connected["data"]["resumed"] is True, connected
-        ids.append(await post_via(publisher.base, 4))
+        ids.append(await scene.post(4))
         # Until all four arrived: a repeat (event 1 again) must not end the wait early.
         received = await wait_until(
             page, f"new Set({EVENTS_ONLY}.map(m => m.data.seq)).size >= 4 && {EVENTS_ONLY}"
@@ -175,10 +159,6 @@ async def test_seed_hook_gets_what_it_missed_across_a_restart_without_sending_an
         assert sorted(set(seqs)) == [1, 2, 3, 4], seqs
         assert {m["id"] for m in received} == set(ids)
         await screenshot(page, "seed-hook-after-restart")
-    finally:
-        for server in (first, publisher, second):
-            if server is not None:
-                server.close()
 
 
 async def test_example_core_refreshes_its_token_in_band_before_exp(

@@ -9,17 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
-from collections.abc import Iterator
 from typing import Any
 
-import aiohttp
 import pytest
 
-from tests.clients import ADMIN_KEY, Live, make_token
+from tests.clients import Live, make_token
 from tests.node_remote import NODE_DIR, NodeSioClient, require_node
-from tests.process import ServerProcess
-from tests.redis_server import RedisServer, free_port
+from tests.process import RestartScene
+from tests.redis_server import RedisServer
 
 USER = "node-user"
 
@@ -118,68 +115,39 @@ async def test_refused_connect_shows_the_contract_message(
 # --- a real restart: SIGTERM, 1012, a new process on the same port -------------------------------
 
 
-@pytest.fixture
-def redis_url(redis: RedisServer) -> Iterator[str]:
-    yield redis.url
-
-
-async def post_via(base: str, seq: int) -> str:
-    """A store_updated numbered ``seq``, posted to the process at ``base``; its event id."""
-    body = {"type": "store_updated", "data": {"storeId": "s1", "store": {}, "seq": seq}}
-    headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(f"{base}/api/v1/events", json=body, headers=headers) as resp,
-    ):
-        answer = await resp.json()
-        assert resp.status == 202, answer
-        event_id: str = answer["ids"][0]
-        return event_id
-
-
 @pytest.mark.parametrize("transport", ["websocket", "polling"])
 async def test_reconnects_by_itself_after_a_server_restart_and_recovers_what_it_missed(
-    transport: str, redis_url: str
+    transport: str, redis: RedisServer
 ) -> None:
     """Process A serves the client; B (same Redis) takes the events posted while A is down."""
-    port = free_port()
-    env = {"REDIS_URL": redis_url, "PORT": str(port)}
-    first, publisher = ServerProcess(env).start(), ServerProcess({"REDIS_URL": redis_url}).start()
-    second: ServerProcess | None = None
     client: NodeSioClient | None = None
-    try:
-        first.wait_healthy()
-        publisher.wait_healthy()
-        client = await NodeSioClient.start(
-            first.base,
-            auth={"token": make_token(USER)},
-            transports=[transport],
-            reconnectionDelay=100,
-            reconnectionDelayMax=300,
-        )
-        assert (await client.next("connect"))["recovered"] is False
-        ids = [await post_via(publisher.base, seq) for seq in (1, 2, 3)]
-        await client.events(3)
+    async with RestartScene(redis.url) as scene:
+        try:
+            client = await NodeSioClient.start(
+                scene.base,
+                auth={"token": make_token(USER)},
+                transports=[transport],
+                reconnectionDelay=100,
+                reconnectionDelayMax=300,
+            )
+            assert (await client.next("connect"))["recovered"] is False
+            ids = [await scene.post(seq) for seq in (1, 2, 3)]
+            await client.events(3)
 
-        first.signal(signal.SIGTERM)
-        disconnected = await client.next("disconnect")
-        # Not "io server disconnect", which socket.io-client takes as final.
-        assert disconnected["reason"] in ("transport close", "transport error"), disconnected
-        assert await first.wait_exit(10) == 0, first.stderr
-        ids += [await post_via(publisher.base, seq) for seq in (4, 5, 6)]
-
-        second = ServerProcess(env).start()
-        await asyncio.to_thread(second.wait_healthy)
-        reconnected = await client.next("connect", timeout=15)
-        assert reconnected["recovered"] is True, client.seen
-        ids.append(await post_via(publisher.base, 7))
-        await client.events(4)
-        received = client.all_events()
-        assert [args[0]["seq"] for _, args in received] == [1, 2, 3, 4, 5, 6, 7], received
-        assert [args[1] for _, args in received] == ids
-    finally:
-        if client is not None:
-            await client.close()
-        for server in (first, publisher, second):
-            if server is not None:
-                server.close()
+            scene.stop()
+            disconnected = await client.next("disconnect")
+            # Not "io server disconnect", which socket.io-client takes as final.
+            assert disconnected["reason"] in ("transport close", "transport error"), disconnected
+            await scene.stopped()
+            ids += [await scene.post(seq) for seq in (4, 5, 6)]
+            await scene.start_again()
+            reconnected = await client.next("connect", timeout=15)
+            assert reconnected["recovered"] is True, client.seen
+            ids.append(await scene.post(7))
+            await client.events(4)
+            received = client.all_events()
+            assert [args[0]["seq"] for _, args in received] == [1, 2, 3, 4, 5, 6, 7], received
+            assert [args[1] for _, args in received] == ids
+        finally:
+            if client is not None:
+                await client.close()

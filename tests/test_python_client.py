@@ -8,16 +8,14 @@ it like a dropped connection, which it retries, and never like a final server di
 from __future__ import annotations
 
 import asyncio
-import signal
 from typing import Any
 
 import pytest
 import socketio
 
 from tests.clients import make_token
-from tests.process import ServerProcess
-from tests.redis_server import RedisServer, free_port
-from tests.test_node_client import post_via
+from tests.process import RestartScene
+from tests.redis_server import RedisServer
 
 
 class ResumingClient:
@@ -67,43 +65,29 @@ class ResumingClient:
                 await self.changed.wait()
 
 
-@pytest.fixture
-def redis_url(redis: RedisServer) -> str:
-    return redis.url
-
-
 @pytest.mark.parametrize("transport", ["websocket", "polling"])
 async def test_async_client_reconnects_after_a_server_restart_and_gets_what_it_missed(
-    transport: str, redis_url: str
+    transport: str, redis: RedisServer
 ) -> None:
-    env = {"REDIS_URL": redis_url, "PORT": str(free_port())}
-    first, publisher = ServerProcess(env).start(), ServerProcess({"REDIS_URL": redis_url}).start()
-    second: ServerProcess | None = None
     client = ResumingClient(transport)
-    try:
-        first.wait_healthy()
-        publisher.wait_healthy()
-        await client.connect(first.base)
-        ids = [await post_via(publisher.base, 1)]
-        await client.until(lambda: len(client.received) == 1)
+    async with RestartScene(redis.url) as scene:
+        try:
+            await client.connect(scene.base)
+            ids = [await scene.post(1)]
+            await client.until(lambda: len(client.received) == 1)
 
-        first.signal(signal.SIGTERM)
-        await client.until(lambda: client.disconnect_reasons)
-        assert await first.wait_exit(10) == 0, first.stderr
-        # A dropped transport, which it retries; not SERVER_DISCONNECT, after which it gives up.
-        assert client.disconnect_reasons == [socketio.AsyncClient.reason.TRANSPORT_ERROR]
-        ids += [await post_via(publisher.base, seq) for seq in (2, 3)]
-
-        second = ServerProcess(env).start()
-        await asyncio.to_thread(second.wait_healthy)
-        await client.until(lambda: client.connects == 2)
-        ids.append(await post_via(publisher.base, 4))
-        await client.until(lambda: len(client.received) >= 4)
-        assert [data["seq"] for data, _ in client.received] == [1, 2, 3, 4]
-        assert [event_id for _, event_id in client.received] == ids
-        assert client.client.transport() == transport
-    finally:
-        await client.client.disconnect()
-        for server in (first, publisher, second):
-            if server is not None:
-                server.close()
+            scene.stop()
+            await client.until(lambda: client.disconnect_reasons)
+            await scene.stopped()
+            # A dropped transport, which it retries; not SERVER_DISCONNECT, after which it gives up.
+            assert client.disconnect_reasons == [socketio.AsyncClient.reason.TRANSPORT_ERROR]
+            ids += [await scene.post(seq) for seq in (2, 3)]
+            await scene.start_again()
+            await client.until(lambda: client.connects == 2)
+            ids.append(await scene.post(4))
+            await client.until(lambda: len(client.received) >= 4)
+            assert [data["seq"] for data, _ in client.received] == [1, 2, 3, 4]
+            assert [event_id for _, event_id in client.received] == ids
+            assert client.client.transport() == transport
+        finally:
+            await client.client.disconnect()
