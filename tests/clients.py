@@ -82,6 +82,20 @@ class Live:
         return client
 
 
+def every_type(user: str) -> list[dict[str, Any]]:
+    """One event of each built-in type, each reaching ``user`` once subscribed to s1 (§6)."""
+    return [
+        {"type": "order_updated", "data": {"orderId": "o1", "order": {"userId": user, "status": "ready"}}},
+        {"type": "store_updated", "data": {"storeId": "s1", "store": {"name": "Pizza"}}},
+        {"type": "product_updated", "data": {"storeId": "s1", "product": {"id": "p1", "price": 9.5}}},
+        {"type": "store_availability_changed", "data": {"storeId": "s1", "isActive": False}},
+        {
+            "type": "product_availability_changed",
+            "data": {"storeId": "s1", "productId": "p1", "available": True},
+        },
+    ]
+
+
 async def recv(ws: aiohttp.ClientWebSocketResponse, timeout: float = 3.0) -> dict[str, Any]:
     msg = await asyncio.wait_for(ws.receive(), timeout)
     assert msg.type == aiohttp.WSMsgType.TEXT, (msg.type, msg.data, msg.extra)

@@ -27,19 +27,13 @@ from tests.browser_support import (
     wait_until,
     ws_base,
 )
-from tests.clients import Live, make_token
+from tests.clients import Live, every_type, make_token
 from tests.conftest import StartServer, make_settings
 from tests.process import RestartScene
 from tests.redis_server import RedisServer, free_port
 
 USER = "u-browser"
-EVERY_TYPE = [
-    {"type": "order_updated", "data": {"orderId": "o1", "order": {"userId": USER, "status": "ready"}}},
-    {"type": "store_updated", "data": {"storeId": "s1", "store": {"name": "Pizza"}}},
-    {"type": "product_updated", "data": {"storeId": "s1", "product": {"id": "p1", "price": 9.5}}},
-    {"type": "store_availability_changed", "data": {"storeId": "s1", "isActive": False}},
-    {"type": "product_availability_changed", "data": {"storeId": "s1", "productId": "p1", "available": True}},
-]
+EVERY_TYPE = every_type(USER)
 # What the seed note says each of them invalidates, in order.
 SEED_INVALIDATIONS = [
     ["orders"],

@@ -13,21 +13,14 @@ from typing import Any
 
 import pytest
 
-from tests.clients import Live, make_token
+from tests.clients import Live, every_type, make_token
 from tests.node_remote import NODE_DIR, NodeSioClient, require_node
 from tests.process import RestartScene
 from tests.redis_server import RedisServer
 
 USER = "node-user"
 
-# One event of each built-in type, each reaching USER once subscribed to s1 (contract §6).
-EVERY_TYPE = [
-    {"type": "order_updated", "data": {"orderId": "o1", "order": {"userId": USER, "status": "ready"}}},
-    {"type": "store_updated", "data": {"storeId": "s1", "store": {"name": "Pizza"}}},
-    {"type": "product_updated", "data": {"storeId": "s1", "product": {"id": "p1", "price": 9.5}}},
-    {"type": "store_availability_changed", "data": {"storeId": "s1", "isActive": False}},
-    {"type": "product_availability_changed", "data": {"storeId": "s1", "productId": "p1", "available": True}},
-]
+EVERY_TYPE = every_type(USER)
 
 TRANSPORTS = {
     "websocket": {"transports": ["websocket"]},
