@@ -60,6 +60,9 @@ class Sink(Connection):
     def send_message(self, message: dict[str, Any]) -> None:
         pass
 
+    def confirm_position(self) -> None:
+        pass
+
     def close(self, code: int, reason: str) -> None:
         self.closed = True
 

@@ -83,6 +83,11 @@ class Connection(ABC):
         """The hub's position when the last ping this client answered was written, if any."""
         return None
 
+    @abstractmethod
+    def confirm_position(self) -> None:
+        """Ping now, out of the heartbeat's turn: once answered, ``received_position`` is the
+        hub's position of now (for a client resumed from a point, see ``Node.resume``)."""
+
     def received_position(self) -> str | None:
         """Up to where this client is known to have received (contract §7: resume without id).
 

@@ -198,6 +198,10 @@ class Node:
             conn.release((), None)
         else:
             conn.release(resume.missed, resume.after)
+            if resume.by_server and resume.recovered and not conn.closed:
+                # Resumed from a point: until it answers a ping its position is that point, so a
+                # drop before the next heartbeat would replay all of this again (contract §7).
+                conn.confirm_position()
 
     def disconnect(self, conn: Connection, reason: str, code: int | None = None) -> None:
         """``conn`` is gone; ``code`` is how it closed (``None``: no close code, e.g. a lost network)."""

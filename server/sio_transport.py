@@ -218,11 +218,6 @@ class RealtimeServer(socketio.AsyncServer):  # type: ignore[misc]
         if pending is not None:
             conn, resume = pending
             conn.node.resume(conn, resume)
-            socket = self.socket(eio_sid)
-            if resume.by_server and resume.recovered and socket is not None:
-                # Resumed from a point: until it answers a ping its position is that point, so
-                # a drop before the next ping (25 s) would replay all of this again.
-                await self.eio.pings.ping_now(socket)
 
     def close_transport(self, eio_sid: str, code: int, reason: str) -> None:
         """Close the Engine.IO connection without a Socket.IO DISCONNECT (the client reconnects)."""
@@ -264,6 +259,10 @@ class SocketIOConnection(Connection):
 
     def send_replay(self, events: Sequence[Event]) -> None:
         self.server.write_events(self.eio_sid, events, bounded=False)
+
+    def confirm_position(self) -> None:
+        if self.eio_socket is not None:
+            spawn(self.server.eio.pings.ping_now(self.eio_socket))
 
     def send_message(self, message: dict[str, Any]) -> None:
         payload = socketio.packet.Packet(

@@ -77,6 +77,9 @@ class WebSocketConnection(Connection):
         """From now on, events written carry a ping at most every ``MARK_SECONDS``."""
         self._next_mark = time.monotonic() + MARK_SECONDS
 
+    def confirm_position(self) -> None:
+        self.socket.mark(self._endpoint.node.hub.position)
+
     def send_events(self, events: Sequence[Event]) -> None:
         frames = joined(events, WS_FRAME_DEFLATED if self.socket.deflate else WS_FRAME)
         if self._next_mark is not None and not self.closed and (now := time.monotonic()) >= self._next_mark:
@@ -201,10 +204,6 @@ class WebSocketEndpoint:
         self.node.resume(conn, resume)
         if last_event_id is None and self.node.resume_book.enabled:
             conn.mark_positions()
-            if resume.by_server and resume.recovered and not conn.closed:
-                # Resumed from a point: until it answers a ping its position is that point, so a
-                # drop before the next heartbeat would replay all of this again. Mark it now.
-                conn.socket.mark(self.node.hub.position)
 
     async def _admit(self, request: web.Request) -> tuple[Identity, list[str]]:
         query = request.query
