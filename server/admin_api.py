@@ -36,19 +36,32 @@ class ApiError(Exception):
         self.status, self.code, self.message, self.details = status, code, message, details
         self.headers: dict[str, str] = {}
 
-    def response(self) -> web.Response:
+    def body(self) -> bytes:
         # The contract's one shape: ``details`` is always there, empty when there is nothing to add.
-        body = {"error": self.code, "message": self.message, "details": self.details or {}}
-        return json_response(body, status=self.status, headers=self.headers)
+        return orjson.dumps({"error": self.code, "message": self.message, "details": self.details or {}})
+
+    def response(self) -> web.Response:
+        return web.Response(body=self.body(), status=self.status, content_type=JSON, headers=self.headers)
+
+
+JSON = "application/json"
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(
-        body=orjson.dumps(body), status=status, content_type="application/json", headers=headers
-    )
+    return web.Response(body=orjson.dumps(body), status=status, content_type=JSON, headers=headers)
+
+
+def _media_type(content_type: str) -> str:
+    """``application/json; charset=utf-8`` → ``application/json`` (as aiohttp's ``content_type``)."""
+    return content_type.partition(";")[0].strip().lower()
 
 
 EVENTS_ROUTE = "/api/v1/events"
+
+
+def unsupported_media_type() -> ApiError:
+    return ApiError(415, "unsupported_media_type", "send the body as Content-Type: application/json")
+
 
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
 
@@ -128,12 +141,12 @@ class AdminApi:
     @web.middleware
     async def auth_middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path.startswith("/api/v1/"):
-            self._admit(request)
+            self._admit(request.headers.get("Authorization", ""))
         return await handler(request)
 
-    def _admit(self, request: web.Request) -> None:
+    def _admit(self, authorization: str) -> None:
         """The API key (401) and its rate limit (429)."""
-        key = self._check_key(request.headers.get("Authorization", ""))
+        key = self._check_key(authorization)
         wait = self.rate_limit.wait(key)
         if wait:
             error = ApiError(429, "rate_limited", "too many requests with this API key: slow down")
@@ -148,7 +161,7 @@ class AdminApi:
         status = 500
         try:
             try:
-                self._admit(request)
+                self._admit(request.headers.get("Authorization", ""))
                 response: web.StreamResponse = await self.post_events(request)
             except ApiError as exc:
                 response = exc.response()
@@ -160,19 +173,45 @@ class AdminApi:
             status = response.status
             return response
         finally:
-            counter = self._events_counters.get(status)
-            if counter is None:
-                counter = self._events_counters[status] = self.node.metrics.admin_requests.labels(
-                    EVENTS_ROUTE, str(status)
-                )
-            counter.inc()
+            self._count_post(status)
+
+    async def post_events_bytes(
+        self, authorization: str, content_type: str, idempotency_key: str | None, raw: bytes
+    ) -> tuple[int, dict[str, str], bytes]:
+        """``POST /api/v1/events`` for the front door (server/front_door.py), which has read the
+        whole body (at most ``admin.max_body_bytes``): the same checks, in the same order, as
+        ``post_events_direct``; the answer as (status, extra headers, JSON body)."""
+        status = 500
+        try:
+            try:
+                self._admit(authorization)
+                if content_type != JSON and _media_type(content_type) != JSON:
+                    raise unsupported_media_type()
+                answer = await self.publish_body(raw, idempotency_key)
+                status = 202
+                return 202, {}, orjson.dumps(answer)
+            except ApiError as exc:
+                status = exc.status
+                return exc.status, exc.headers, exc.body()
+        finally:
+            self._count_post(status)
+
+    def _count_post(self, status: int) -> None:
+        counter = self._events_counters.get(status)
+        if counter is None:
+            counter = self._events_counters[status] = self.node.metrics.admin_requests.labels(
+                EVENTS_ROUTE, str(status)
+            )
+        counter.inc()
 
     def _check_key(self, header: str) -> str:
         """Which key the request carries (its position, for the rate limit), or 401."""
         if not self.keys:
             return "open"
         scheme, _, presented = header.partition(" ")
-        candidate = presented.strip().encode() if scheme.lower() == "bearer" else b""
+        # surrogateescape: the bytes as sent, whatever they are (aiohttp decodes headers so)
+        bearer = scheme.lower() == "bearer"
+        candidate = presented.strip().encode("utf-8", "surrogateescape") if bearer else b""
         # Compare with every key, in constant time, so timing tells nothing about which matched.
         matched = -1
         for index, key in enumerate(self.keys):
@@ -187,7 +226,17 @@ class AdminApi:
     # --- POST /api/v1/events -------------------------------------------------------------
 
     async def post_events(self, request: web.Request) -> web.Response:
-        body = await self._read_json(request)
+        raw = await self._read_body(request)
+        answer = await self.publish_body(raw, request.headers.get("Idempotency-Key"))
+        return json_response(answer, status=202)
+
+    async def publish_body(self, raw: bytes, header_key: str | None) -> dict[str, Any]:
+        """A JSON body (one event, or a batch) validated, all or nothing, and published: the 202
+        answer. Anything wrong is an ``ApiError``."""
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise ApiError(400, "malformed_json", f"the body is not valid JSON: {exc}") from None
         if isinstance(body, dict) and "events" in body:
             try:
                 items = self.batch_schema.load(body)["events"]
@@ -206,7 +255,6 @@ class AdminApi:
             items = [body]
         else:
             raise ApiError(422, "validation_failed", 'the body must be an event object or {"events": [...]}')
-        header_key = request.headers.get("Idempotency-Key")
         if header_key is not None and not 0 < len(header_key) <= 255:
             raise ApiError(400, "bad_request", "Idempotency-Key must be 1-255 characters")
         events = self._validate(items, header_key)
@@ -225,26 +273,19 @@ class AdminApi:
         stale = [index for index, event_id in enumerate(ids) if event_id is None]
         if stale:
             answer["stale"] = stale
-        return json_response(answer, status=202)
+        return answer
 
-    async def _read_json(self, request: web.Request) -> Any:
+    async def _read_body(self, request: web.Request) -> bytes:
         # The exact header first: parsing it (``content_type``) is needed only for parameters.
-        if (
-            request.headers.get("Content-Type") != "application/json"
-            and request.content_type != "application/json"
-        ):
-            raise ApiError(415, "unsupported_media_type", "send the body as Content-Type: application/json")
+        if request.headers.get("Content-Type") != JSON and request.content_type != JSON:
+            raise unsupported_media_type()
         limit = self.settings.admin.max_body_bytes
         if request.content_length is not None and request.content_length > limit:
             raise ApiError(413, "payload_too_large", f"the body is over {limit} bytes")
         try:
-            raw = await request.read()
+            return await request.read()
         except web.HTTPRequestEntityTooLarge:
             raise ApiError(413, "payload_too_large", f"the body is over {limit} bytes") from None
-        try:
-            return orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise ApiError(400, "malformed_json", f"the body is not valid JSON: {exc}") from None
 
     def _validate(self, items: list[Any], header_key: str | None) -> list[OutgoingEvent]:
         """All or nothing: every event's errors are reported, by index and field."""

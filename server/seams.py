@@ -64,6 +64,21 @@ SEAMS: tuple[Seam, ...] = (
         "server/websocket.py",
         "TakenOver: a response whose prepare and write_eof write nothing, for a socket already ours",
     ),
+    # --- aiohttp: the listening socket's protocol factory (server/front_door.py) --------------------
+    Seam(
+        "aiohttp.Application._make_handler",
+        "aiohttp",
+        "aiohttp.web_app:Application._make_handler",
+        "server/front_door.py",
+        "what every runner (run_app, test servers) asks for its protocol factory: wrapped in the front door",
+    ),
+    Seam(
+        "aiohttp.Server.__call__",
+        "aiohttp",
+        "aiohttp.web_server:Server.__call__",
+        "server/front_door.py",
+        "makes the RequestHandler a socket is handed to (connection_made, then the bytes read so far)",
+    ),
     # --- python-engineio ------------------------------------------------------------------------
     Seam(
         "engineio.AsyncServer._async",
