@@ -86,9 +86,11 @@ def create_app(settings: Settings) -> web.Application:
     # Found before the sub-application (the router tries the longest path first); its other
     # methods fall through to the sub-application's route, and its 401/405 answers.
     app.router.add_post(EVENTS_ROUTE, admin.post_events_direct)
-    # Plain, whole single POSTs to that route are answered before aiohttp sees them (its
-    # request and response objects were most of their cost); the route above takes the rest.
-    install_front_door(app, admin, settings.http_idle_timeout_seconds)
+    # Plain, whole single POSTs to that route, and plain upgrades to /api/ws, are taken before
+    # aiohttp sees them (its request handling was most of their cost); the routes take the rest.
+    install_front_door(
+        app, admin, websocket, settings.http_idle_timeout_seconds, bool(settings.auth.cookie_name)
+    )
     app.add_subapp("/api/v1", api)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -139,7 +139,7 @@ class Dashboard:
     def _key_ok(self, presented: Any) -> bool:
         if not self.keys:
             return True  # AUTH_INSECURE=1 without keys: the admin API is open too
-        candidate = presented.encode() if isinstance(presented, str) else b""
+        candidate = presented.encode("utf-8", "surrogateescape") if isinstance(presented, str) else b""
         matched = False
         for key in self.keys:  # every key, in constant time, as the admin API compares them
             matched |= hmac.compare_digest(candidate, key)

@@ -33,6 +33,7 @@ from server.websocket import (
     CLOSE_PROTOCOL_ERROR,
     DEFAULT_SEND_LIMIT,
     OP_BINARY,
+    AiohttpUpgrade,
     TakenOver,
     WebSocketProtocol,
     frame,
@@ -337,10 +338,10 @@ class WebSocketDriver:
 
     async def __call__(self, environ: dict[str, Any]) -> Any:
         request = environ["aiohttp.request"]  # SEAM: engineio.environ.aiohttp.request
-        response, deflate = handshake(request, self.compress)
+        response, deflate = handshake(request.headers, self.compress)
         socket = self.socket
         ws = EngineWebSocket(socket, self.server.max_http_buffer_size, deflate, self.send_limit)
-        take_over(request, response, ws, hold=True)
+        early = take_over(AiohttpUpgrade(request), response, ws, hold=True)
         socket.ws = ws
         if ws.state == "probe":
             socket.upgrading = True  # hold packet sends during the upgrade
@@ -348,6 +349,8 @@ class WebSocketDriver:
             socket.connected = socket.upgraded = True
             socket.flush_queue()  # the OPEN packet, and whatever followed it, with the 101
         ws.flush_head()
+        if early and ws.transport is not None:
+            ws.data_received(early)  # what the client sent right behind its request
         return TakenOver()
 
 

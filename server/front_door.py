@@ -1,21 +1,25 @@
-"""The protocol every accepted socket starts with: ``POST /api/v1/events`` answered here, on the
-bytes, and every other request given to aiohttp.
+"""The protocol every accepted socket starts with: ``POST /api/v1/events`` and the plain
+WebSocket upgrade (``GET /api/ws``) are taken here, on the bytes; every other request goes to
+aiohttp.
 
-A single-event POST cost about 140 µs of CPU through aiohttp (its request, handler task,
-response and writer objects: over two thirds of it), against Node's ~40 µs (issue 18). Services
-post one event per state change, over keep-alive connections, so that route is answered here:
-the request is recognised on the bytes, the same ``AdminApi`` checks run (key, rate limit, media
-type, JSON, schemas, idempotency, publish) and the answer is written in one call.
+Through aiohttp a single-event POST cost about 140 µs of CPU (its request, handler task, response
+and writer objects: over two thirds of it), against Node's ~40 µs, and its request handling was a
+third of a plain WebSocket connect (issue 18). Services post one event per state change over
+keep-alive connections, and every client of a restarted process reconnects at once: those two
+requests are recognised here, run the same code as behind aiohttp (``AdminApi.post_events_bytes``,
+``WebSocketEndpoint.upgrade``), and are answered in one write.
 
-Only a strict, plain form of the request is taken: the exact request line
-``POST /api/v1/events HTTP/1.1``, at most 128 well-formed header lines (aiohttp's limits), one
-``Host``, one ``Content-Length`` no larger than ``admin.max_body_bytes``, and no
-``Transfer-Encoding``, ``Expect`` or ``Upgrade``. Anything else (another route, a query string,
-chunked bodies, odd or duplicated framing headers, a body over the limit) goes to aiohttp with
-every byte received so far: the socket is handed to aiohttp's own protocol, as if it had had it
-from the start, and stays with it. So aiohttp's parser decides every case this one does not
-want to, and its answers (400, 413, 404, 405...) stay what they were. Requests on one
-connection are answered in order, one at a time.
+Only a strict, plain form of each request is taken: the exact request line
+(``POST /api/v1/events HTTP/1.1``, or ``GET /api/ws`` with an optional query and ``HTTP/1.1``),
+at most 128 well-formed header lines (aiohttp's limits), one ``Host``, no header that changes
+the framing (``Transfer-Encoding``, ``Expect``, ``Upgrade`` on the POST, a body on the upgrade),
+none of the headers read twice, a POST body no larger than ``admin.max_body_bytes``, and an
+upgrade that ``handshake`` accepts. Anything else (another route, chunked bodies, odd or
+duplicated headers, a body over the limit, a bad handshake, a session cookie to look up) goes to
+aiohttp with every byte received so far: the socket is handed to aiohttp's own protocol, as if
+it had had it from the start, and stays with it. So aiohttp's parser decides every case this
+one does not want to, and its answers (400, 413, 404, 405...) stay what they were. Requests on
+one connection are answered in order, one at a time.
 
 While a socket is here, this module enforces what aiohttp would: ``http_idle_timeout_seconds``
 without a whole request head closes it (slowloris), and at shutdown idle connections are closed
@@ -34,23 +38,44 @@ from typing import TYPE_CHECKING, Any, cast
 
 from aiohttp import web
 from aiohttp.http import SERVER_SOFTWARE
+from multidict import CIMultiDict, MultiDictProxy
+from yarl import URL
+
+from server.websocket import handshake
 
 if TYPE_CHECKING:
     from server.admin_api import AdminApi
+    from server.ws_transport import WebSocketEndpoint
 
 log = logging.getLogger(__name__)
 
-REQUEST_LINE = b"POST /api/v1/events HTTP/1.1\r\n"
+POST_LINE = b"POST /api/v1/events HTTP/1.1\r\n"
+UPGRADE_STARTS = (b"GET /api/ws?", b"GET /api/ws ")
+UPGRADE_LINE = re.compile(rb"GET /api/ws(?:\?([!-~]*))? HTTP/1\.1\r\n")
 MAX_HEAD_BYTES = 8190  # aiohttp's own limit for a request line and for a header line
 MAX_HEADERS = 128  # aiohttp's RequestHandler's
 # Header lines as RFC 9110 defines them: a token, a colon, a value of visible characters, spaces
 # and tabs. Control characters, bare CR or LF, obs-fold continuation lines: aiohttp decides.
 HEADER_LINES = re.compile(rb"(?:[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t\x20-\x7e\x80-\xff]*\r\n)*")
-# Headers that change how the request is framed or answered: present, the request is aiohttp's.
-NOT_OURS = frozenset((b"transfer-encoding", b"expect", b"upgrade"))
-READ = frozenset(
+# Per route: the headers read (each at most once), and those that make a request aiohttp's.
+POST_READS = frozenset(
     (b"host", b"content-length", b"content-type", b"authorization", b"idempotency-key", b"connection")
 )
+POST_REFUSED = frozenset((b"transfer-encoding", b"expect", b"upgrade"))
+UPGRADE_READS = frozenset(
+    (
+        b"host",
+        b"upgrade",
+        b"connection",
+        b"sec-websocket-version",
+        b"sec-websocket-key",
+        b"sec-websocket-extensions",
+        b"origin",
+        b"authorization",
+        b"cookie",
+    )
+)
+UPGRADE_REFUSED = frozenset((b"transfer-encoding", b"content-length", b"expect"))
 REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
 
 
@@ -60,13 +85,22 @@ class NotOurs(Exception):
 
 class FrontDoorServer:
     """What the listening socket makes a protocol with (aiohttp's ``Server``, wrapped): a
-    ``FrontDoor`` per connection, which gives the connection to ``inner`` unless it stays a
-    publishing connection."""
+    ``FrontDoor`` per connection, which gives the connection to ``inner`` unless it is a
+    publishing connection or a plain WebSocket's upgrade."""
 
-    def __init__(self, inner: web.Server, admin: AdminApi, idle_timeout: float) -> None:
+    def __init__(
+        self,
+        inner: web.Server,
+        admin: AdminApi,
+        websocket: WebSocketEndpoint,
+        idle_timeout: float,
+        cookie_auth: bool,
+    ) -> None:
         self.inner = inner
         self.admin = admin
+        self.websocket = websocket
         self.idle_timeout = idle_timeout
+        self.cookie_auth = cookie_auth  # a Cookie on an upgrade may need a session lookup: aiohttp's
         self.max_body = admin.settings.admin.max_body_bytes
         self.connections: set[FrontDoor] = set()
         self.answering: set[asyncio.Task[None]] = set()  # requests being answered
@@ -101,29 +135,47 @@ class FrontDoorServer:
         return self._date[1]
 
 
-def install(app: web.Application, admin: AdminApi, idle_timeout: float) -> None:
+def install(
+    app: web.Application,
+    admin: AdminApi,
+    websocket: WebSocketEndpoint,
+    idle_timeout: float,
+    cookie_auth: bool,
+) -> None:
     """Put the front door in front of ``app``, for ``run_app`` and for test servers alike."""
     make_handler = app._make_handler  # SEAM: aiohttp.Application._make_handler
 
     def make_front_door(**kwargs: Any) -> Any:
-        return FrontDoorServer(make_handler(**kwargs), admin, idle_timeout)
+        return FrontDoorServer(make_handler(**kwargs), admin, websocket, idle_timeout, cookie_auth)
 
     app._make_handler = make_front_door  # type: ignore[method-assign]
 
 
-class FrontDoor(asyncio.Protocol):
-    __slots__ = (
-        "_answered_at",
-        "_buffer",
-        "_busy",
-        "_close_after",
-        "_paused_reading",
-        "_paused_writing",
-        "_server",
-        "_timer",
-        "_transport",
-    )
+class DoorUpgrade:
+    """A ``GET /api/ws`` read by the front door: what ``WebSocketEndpoint.upgrade`` asks of it."""
 
+    __slots__ = ("_door", "headers", "host", "query")
+
+    def __init__(
+        self, door: FrontDoor, headers: CIMultiDict[str], query: MultiDictProxy[str], host: str
+    ) -> None:
+        self._door = door
+        self.headers = headers
+        self.query = query
+        self.host = host
+
+    @property
+    def transport(self) -> asyncio.Transport | None:
+        return self._door._transport
+
+    def cookie(self, name: str) -> None:
+        return None  # with cookie authentication on, an upgrade with a Cookie is aiohttp's
+
+    def release(self) -> bytes:
+        return self._door.detach()
+
+
+class FrontDoor(asyncio.Protocol):
     def __init__(self, server: FrontDoorServer) -> None:
         self._server = server
         self._transport: asyncio.Transport | None = None
@@ -146,10 +198,6 @@ class FrontDoor(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self._transport is None:
-            return
-        if not self._buffer and not self._busy and not REQUEST_LINE.startswith(data[: len(REQUEST_LINE)]):
-            self._buffer = data  # the usual case for a client: straight to aiohttp
-            self._hand_over()
             return
         self._buffer += data
         if self._busy:
@@ -180,7 +228,7 @@ class FrontDoor(asyncio.Protocol):
     # --- requests --------------------------------------------------------------------------
 
     def _next(self) -> None:
-        """Answer the next whole request in the buffer, or hand the connection over."""
+        """Take the next whole request in the buffer, or hand the connection over."""
         if self._transport is None or self._busy or self._paused_writing:
             return
         if self._close_after or self._server.closing:
@@ -190,70 +238,78 @@ class FrontDoor(asyncio.Protocol):
         if not buffer:
             return
         try:
-            request = self._parse(buffer)
+            if buffer.startswith(POST_LINE):
+                self._post(buffer)
+            elif buffer.startswith(UPGRADE_STARTS):
+                self._upgrade(buffer)
+            elif not (POST_LINE.startswith(buffer) or any(s.startswith(buffer) for s in UPGRADE_STARTS)):
+                raise NotOurs
         except NotOurs:
             self._hand_over()
-            return
-        if request is None:
-            return  # not whole yet
-        end, authorization, content_type, key, body, close = request
-        self._buffer = buffer[end:]
+
+    def _start(self, coroutine: Any) -> None:
         self._busy = True
-        self._close_after = close
-        task = asyncio.get_running_loop().create_task(self._answer(authorization, content_type, key, body))
+        task = asyncio.get_running_loop().create_task(coroutine)
         answering = self._server.answering
         answering.add(task)
         task.add_done_callback(answering.discard)
 
-    def _parse(self, buffer: bytes) -> tuple[int, str, str, str | None, bytes, bool] | None:
-        """The request at the start of ``buffer``: (its end, Authorization, Content-Type,
-        Idempotency-Key, body, Connection: close); ``None`` while it is not whole; ``NotOurs``."""
-        if not buffer.startswith(REQUEST_LINE):
-            if REQUEST_LINE.startswith(buffer):
-                return None
-            raise NotOurs
-        head_end = buffer.find(b"\r\n\r\n")
-        if head_end < 0:
-            if len(buffer) > MAX_HEAD_BYTES:
-                raise NotOurs
-            return None
-        start = len(REQUEST_LINE)
-        if head_end + 2 > start and HEADER_LINES.fullmatch(buffer, start, head_end + 2) is None:
-            raise NotOurs
-        lines = buffer[start:head_end].split(b"\r\n") if head_end > start else []
-        if len(lines) > MAX_HEADERS:
-            raise NotOurs
-        fields: dict[bytes, bytes] = {}
-        for line in lines:
-            name, _, value = line.partition(b":")
-            name = name.lower()
-            if name in READ:
-                if name in fields:
-                    raise NotOurs  # twice: aiohttp decides which counts, or refuses
-                fields[name] = value.strip(b" \t")
-            elif name in NOT_OURS:
-                raise NotOurs
-        if b"host" not in fields:
-            raise NotOurs  # HTTP/1.1 requires it: aiohttp answers 400
+    def _post(self, buffer: bytes) -> None:
+        head = _head(buffer, len(POST_LINE), POST_READS, POST_REFUSED)
+        if head is None:
+            return  # not whole yet
+        body_start, fields = head
         length = fields.get(b"content-length")
         if length is None or not length.isdigit() or len(length) > 10 or int(length) > self._server.max_body:
             raise NotOurs  # no length, a bad one, or over the limit (aiohttp answers 413)
         connection = fields.get(b"connection", b"keep-alive").lower()
         if connection not in (b"keep-alive", b"close"):
             raise NotOurs
-        body_start = head_end + 4
         end = body_start + int(length)
         if len(buffer) < end:
-            return None
+            return
         key = fields.get(b"idempotency-key")
-        return (
-            end,
-            fields.get(b"authorization", b"").decode("utf-8", "surrogateescape"),
-            fields.get(b"content-type", b"").decode("utf-8", "surrogateescape"),
-            None if key is None else key.decode("utf-8", "surrogateescape"),
-            buffer[body_start:end],
-            connection == b"close",
+        self._buffer = buffer[end:]
+        self._close_after = connection == b"close"
+        self._start(
+            self._answer(
+                _text(fields.get(b"authorization", b"")),
+                _text(fields.get(b"content-type", b"")),
+                None if key is None else _text(key),
+                buffer[body_start:end],
+            )
         )
+
+    def _upgrade(self, buffer: bytes) -> None:
+        line = UPGRADE_LINE.match(buffer)
+        if line is None:
+            if b"\r\n" in buffer or len(buffer) > MAX_HEAD_BYTES:
+                raise NotOurs
+            return  # the request line is not whole yet
+        head = _head(buffer, line.end(), UPGRADE_READS, UPGRADE_REFUSED)
+        if head is None:
+            return
+        end, fields = head
+        if self._server.cookie_auth and b"cookie" in fields:
+            raise NotOurs
+        headers = CIMultiDict((name.decode("ascii"), _text(value)) for name, value in fields.items())
+        try:
+            response, deflate = handshake(headers, self._server.websocket.settings.compression)
+        except web.HTTPBadRequest:
+            raise NotOurs from None  # aiohttp's route answers it, with the same check
+        query = URL.build(path="/api/ws", query_string=(line.group(1) or b"").decode("ascii"), encoded=True)
+        self._buffer = buffer[end:]  # what a client sends before our 101 is passed on
+        self._start(
+            self._take_upgrade(DoorUpgrade(self, headers, query.query, headers["Host"]), response, deflate)
+        )
+
+    async def _take_upgrade(self, upgrade: DoorUpgrade, response: bytes, deflate: bool) -> None:
+        try:
+            await self._server.websocket.upgrade(upgrade, response, deflate)
+        except Exception:
+            log.exception("websocket upgrade failed")
+        if self._transport is not None:  # not taken: the client left, or it failed
+            self._transport.close()
 
     async def _answer(self, authorization: str, content_type: str, key: str | None, body: bytes) -> None:
         try:
@@ -294,15 +350,23 @@ class FrontDoor(asyncio.Protocol):
         transport = self._transport
         if transport is None or transport.is_closing():
             return
-        self.connection_lost(None)
-        if self._paused_reading:
-            transport.resume_reading()
+        buffer = self.detach()
         protocol = self._server.inner()  # SEAM: aiohttp.Server.__call__
         transport.set_protocol(protocol)
         protocol.connection_made(transport)
-        buffer, self._buffer = self._buffer, b""
         if buffer:
             protocol.data_received(buffer)
+
+    def detach(self) -> bytes:
+        """Let go of the socket (another protocol takes it); what it has sent and is not read."""
+        transport = self._transport
+        buffer, self._buffer = self._buffer, b""
+        self.connection_lost(None)
+        self._busy = False
+        if self._paused_reading and transport is not None:
+            self._paused_reading = False
+            transport.resume_reading()
+        return buffer
 
     def _idle(self) -> None:
         """No request head for ``http_idle_timeout_seconds`` (from the connection's start or its
@@ -330,3 +394,37 @@ class FrontDoor(asyncio.Protocol):
     def abort(self) -> None:
         if self._transport is not None:
             self._transport.abort()
+
+
+def _head(
+    buffer: bytes, start: int, reads: frozenset[bytes], refused: frozenset[bytes]
+) -> tuple[int, dict[bytes, bytes]] | None:
+    """The header lines from ``start`` to the blank line: (where the head ends, the fields of
+    ``reads`` by lower-case name); ``None`` while the head is not whole; ``NotOurs``."""
+    head_end = buffer.find(b"\r\n\r\n", start - 2)
+    if head_end < 0:
+        if len(buffer) > MAX_HEAD_BYTES:
+            raise NotOurs
+        return None
+    if head_end + 2 > start and HEADER_LINES.fullmatch(buffer, start, head_end + 2) is None:
+        raise NotOurs
+    lines = buffer[start:head_end].split(b"\r\n") if head_end > start else []
+    if len(lines) > MAX_HEADERS:
+        raise NotOurs
+    fields: dict[bytes, bytes] = {}
+    for line in lines:
+        name, _, value = line.partition(b":")
+        name = name.lower()
+        if name in reads:
+            if name in fields:
+                raise NotOurs  # twice: aiohttp decides which counts, or refuses
+            fields[name] = value.strip(b" \t")
+        elif name in refused:
+            raise NotOurs
+    if b"host" not in fields:
+        raise NotOurs  # HTTP/1.1 requires it: aiohttp answers 400
+    return head_end + 4, fields
+
+
+def _text(value: bytes) -> str:
+    return value.decode("utf-8", "surrogateescape")  # as aiohttp decodes header values

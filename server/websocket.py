@@ -17,8 +17,8 @@ import hashlib
 import logging
 import struct
 import zlib
-from collections.abc import Callable
-from typing import Any, ClassVar
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, Protocol
 
 from aiohttp import web
 
@@ -109,12 +109,12 @@ def accepts_deflate(offers: str | None) -> bool:
     return False
 
 
-def handshake(request: web.Request, compression: bool) -> tuple[bytes, bool]:
-    """Check an upgrade request; the ``101`` response to write, and whether it agreed to deflate.
+def handshake(headers: Mapping[str, str], compression: bool) -> tuple[bytes, bool]:
+    """Check an upgrade request's headers; the ``101`` response to write, and whether it agreed
+    to deflate.
 
     Raises ``web.HTTPBadRequest`` for what is not a WebSocket handshake (aiohttp's answers).
     """
-    headers = request.headers
     if "websocket" not in headers.get("Upgrade", "").lower():
         raise web.HTTPBadRequest(
             text='No WebSocket UPGRADE hdr: {}\n Can "Upgrade" only to "WebSocket".'.format(
@@ -144,30 +144,86 @@ def handshake(request: web.Request, compression: bool) -> tuple[bytes, bool]:
     return b"\r\n".join(response) + b"\r\n\r\n", deflated
 
 
-def take_over(request: web.Request, response: bytes, protocol: WebSocketProtocol, hold: bool = False) -> None:
-    """Write the ``101`` and move the socket from aiohttp to ``protocol``.
+class Upgrade(Protocol):
+    """An upgrade request whose socket can be taken: aiohttp's (``AiohttpUpgrade``) or the front
+    door's (server/front_door.py)."""
 
-    aiohttp is told the connection is gone (without closing it): it frees what it held for it,
-    and the handler's return value is never written. With ``hold``, the ``101`` goes out with
-    the protocol's first write (the greeting that always follows): one system call, not two.
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    @property
+    def query(self) -> Mapping[str, str]: ...
+
+    @property
+    def host(self) -> str: ...
+
+    @property
+    def transport(self) -> asyncio.Transport | None: ...
+
+    def cookie(self, name: str) -> str | None: ...
+
+    def release(self) -> bytes:
+        """Stop the socket's current protocol from using it; what the client sent after its
+        request (it may not send before our 101, but nothing it sent is dropped)."""
+        ...
+
+
+class AiohttpUpgrade:
+    """An upgrade request that aiohttp parsed, handled by one of its routes."""
+
+    __slots__ = ("request",)
+
+    def __init__(self, request: web.Request) -> None:
+        self.request = request
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return self.request.headers
+
+    @property
+    def query(self) -> Mapping[str, str]:
+        return self.request.query
+
+    @property
+    def host(self) -> str:
+        return self.request.host
+
+    @property
+    def transport(self) -> asyncio.Transport | None:
+        return self.request.transport
+
+    def cookie(self, name: str) -> str | None:
+        return self.request.cookies.get(name)
+
+    def release(self) -> bytes:
+        """aiohttp is told the connection is gone (without closing it): it frees what it held
+        for it, and the handler's return value is never written."""
+        aiohttp_protocol: Any = self.request.protocol
+        early: bytes = getattr(
+            aiohttp_protocol, "_message_tail", b""
+        )  # SEAM: aiohttp.RequestHandler._message_tail
+        aiohttp_protocol.transport = None  # SEAM: aiohttp.RequestHandler.transport (it must not close it)
+        aiohttp_protocol.connection_lost(None)  # SEAM: aiohttp.RequestHandler.connection_lost
+        return early
+
+
+def take_over(upgrade: Upgrade, response: bytes, protocol: WebSocketProtocol, hold: bool = False) -> bytes:
+    """Write the ``101`` and move the socket to ``protocol``; what the client sent behind its
+    request, for the caller to pass on (``protocol.data_received``) once it is ready for it.
+
+    With ``hold``, the ``101`` goes out with the protocol's first write (the greeting that always
+    follows): one system call, not two.
     """
-    transport = request.transport
-    aiohttp_protocol: Any = request.protocol
+    transport = upgrade.transport
     assert transport is not None
-    # A client may not send before it has our 101, but keep anything that came early.
-    early: bytes = getattr(
-        aiohttp_protocol, "_message_tail", b""
-    )  # SEAM: aiohttp.RequestHandler._message_tail
+    early = upgrade.release()
     if hold:
         protocol.head = response
     else:
         transport.write(response)
     transport.set_protocol(protocol)
-    aiohttp_protocol.transport = None  # SEAM: aiohttp.RequestHandler.transport (it must not close it)
-    aiohttp_protocol.connection_lost(None)  # SEAM: aiohttp.RequestHandler.connection_lost
     protocol.connection_made(transport)
-    if early:
-        protocol.data_received(early)
+    return early
 
 
 class TakenOver(web.StreamResponse):

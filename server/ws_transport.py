@@ -20,8 +20,10 @@ from server.node import Node
 from server.websocket import (
     CLOSE_ABNORMAL,
     CLOSE_INTERNAL_ERROR,
+    AiohttpUpgrade,
     Heartbeat,
     TakenOver,
+    Upgrade,
     WebSocketProtocol,
     handshake,
     take_over,
@@ -142,7 +144,14 @@ class WebSocketEndpoint:
         )
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        response, deflate = handshake(request, self.settings.compression)
+        """``GET /api/ws`` as an aiohttp route: the requests the front door left to aiohttp."""
+        response, deflate = handshake(request.headers, self.settings.compression)  # or 400
+        await self.upgrade(AiohttpUpgrade(request), response, deflate)
+        return TakenOver()
+
+    async def upgrade(self, request: Upgrade, response: bytes, deflate: bool) -> None:
+        """An upgrade whose handshake is good (``response`` is its ``101``): admit the client, or
+        refuse it with a close frame after the ``101``, and take the socket."""
         try:
             # Awaits only for a session lookup (a token is verified without yielding); the
             # upgrade waits for it, and a refusal is still a close frame after the upgrade.
@@ -151,25 +160,26 @@ class WebSocketEndpoint:
             log.info("websocket refused", extra={"reason": exc.message, "code": exc.close_code})
             self.node.metrics.refused(WebSocketConnection.transport, exc.kind)
             if _gone(request):
-                return TakenOver()
+                return
             socket = WebSocketProtocol(self.settings.max_message_bytes)
             take_over(request, response, socket, hold=True)
             socket.close(exc.close_code, exc.message)  # the 101 and the close frame: one write
-            return TakenOver()
+            return
         if _gone(request):
-            return TakenOver()  # the client left during its session lookup: nothing to upgrade
+            return  # the client left during its session lookup: nothing to upgrade
         conn = WebSocketConnection(self, identity, deflate)
         socket = conn.socket
-        take_over(request, response, socket, hold=True)  # sent with the ``connected`` frame
+        early = take_over(request, response, socket, hold=True)  # sent with the ``connected`` frame
         assert socket.transport is not None
         # Nothing the client sends is answered before its ``connected`` frame.
         socket.transport.pause_reading()
         # The socket is ours now, no longer the request's: aiohttp may cancel this handler once
         # it believes the connection gone (its test server does), so the greeting runs apart.
-        spawn(self._open(conn, rooms, request.query.get("lastEventId")))
-        return TakenOver()
+        spawn(self._open(conn, rooms, request.query.get("lastEventId"), early))
 
-    async def _open(self, conn: WebSocketConnection, rooms: list[str], last_event_id: str | None) -> None:
+    async def _open(
+        self, conn: WebSocketConnection, rooms: list[str], last_event_id: str | None, early: bytes
+    ) -> None:
         socket = conn.socket
         try:
             await self._greet(conn, rooms, last_event_id)
@@ -177,6 +187,8 @@ class WebSocketEndpoint:
             log.exception("websocket connect failed")
             conn.close(CLOSE_INTERNAL_ERROR, "internal error")
         socket.flush_head()  # written already, unless the client left meanwhile
+        if early and socket.transport is not None and not conn.closed:
+            socket.data_received(early)  # frames sent right behind the request, answered now
         if socket.transport is not None and not conn.closed:
             socket.transport.resume_reading()
             self.heartbeat.add(socket)
@@ -205,7 +217,7 @@ class WebSocketEndpoint:
         if last_event_id is None and self.node.resume_book.enabled:
             conn.mark_positions()
 
-    async def _admit(self, request: web.Request) -> tuple[Identity, list[str]]:
+    async def _admit(self, request: Upgrade) -> tuple[Identity, list[str]]:
         query = request.query
         headers = request.headers
         self.node.check_capacity()
@@ -213,7 +225,7 @@ class WebSocketEndpoint:
         token = query.get("token") or bearer_token(headers.get("Authorization"))
         cookie_name = self.authenticator.settings.cookie_name
         if not token and cookie_name:
-            token = request.cookies.get(cookie_name)
+            token = request.cookie(cookie_name)
         identity = await self.authenticator.authenticate(
             Credentials(
                 token=token,
@@ -282,7 +294,7 @@ class WebSocketEndpoint:
         return {"type": "refreshed", "data": {"exp": identity.exp}}
 
 
-def _gone(request: web.Request) -> bool:
+def _gone(request: Upgrade) -> bool:
     transport = request.transport
     return transport is None or transport.is_closing()
 

@@ -7,20 +7,26 @@ form the front door leaves to aiohttp (a chunked body): same status, same JSON, 
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import signal
 import tempfile
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
 
+from server.app import create_app
 from server.config import Settings
+from server.front_door import FrontDoorServer
 from tests.clients import ADMIN_KEY, Live, make_token, recv
 from tests.conftest import StartServer
+from tests.fuzzing import client_frame
 from tests.process import running_server
 from tests.support import assert_error
+from tests.test_websocket_frames import TEXT, RawWebSocket
 
 
 @pytest.fixture
@@ -359,3 +365,97 @@ async def test_sigterm_closes_an_idle_publishing_connection_and_the_process_exit
         assert await server.wait_exit(10) == 0
         assert await connection.closed(timeout=1)
         connection.close()
+
+
+# --- plain WebSocket upgrades ------------------------------------------------------------------
+
+
+def upgrade(path: str, extra: str = "") -> bytes:
+    key = base64.b64encode(os.urandom(16)).decode()
+    return (
+        f"GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+    ).encode()
+
+
+@pytest.fixture
+async def door(aiohttp_server: Any, settings_for: Callable[..., Settings]) -> AsyncIterator[tuple[Live, Any]]:
+    """A server, and its front door (what its runner serves): its ``inner`` aiohttp server counts
+    the requests aiohttp handled."""
+    server = await aiohttp_server(create_app(settings_for()), host="127.0.0.1")
+    async with aiohttp.ClientSession() as session:
+        yield (
+            Live(base=str(server.make_url("")).rstrip("/"), app=server.app, session=session),
+            server.runner.server,
+        )
+
+
+async def test_a_websocket_upgrade_and_a_post_are_taken_by_the_front_door_and_others_by_aiohttp(
+    door: tuple[Live, Any],
+) -> None:
+    live, front = door
+    assert isinstance(front, FrontDoorServer)
+    ws, first = await live.ws_ready(token=make_token("u1"), stores="s1")
+    assert first["data"]["userId"] == "u1" and "store:s1" in first["data"]["rooms"]
+    assert (await live.post(store_event(1)))[0] == 202
+    assert (await recv(ws))["type"] == "store_updated"
+    assert front.inner.requests_count == 0  # neither reached aiohttp
+    assert (await live.get("/healthz"))[0] == 200
+    assert front.inner.requests_count == 1
+    await ws.close()
+
+
+async def test_what_a_client_sends_with_its_upgrade_request_is_read_after_the_101(
+    live: Live, raw: Any
+) -> None:
+    connection = await raw(live)
+    await connection.send(
+        upgrade(f"/api/ws?token={make_token('u1')}") + client_frame(TEXT, b'{"type":"ping"}', mask=b"abcd")
+    )
+    head = await asyncio.wait_for(connection.reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 101")
+    ws = RawWebSocket(connection.reader, connection.writer, head)
+    assert (await ws.message())["type"] == "connected"
+    assert await ws.message() == {"type": "pong"}
+
+
+@pytest.mark.parametrize(
+    ("name", "extra", "path"),
+    [
+        ("the front door's", "", "/api/ws?token={token}"),
+        ("aiohttp's (a Content-Length makes it aiohttp's)", "Content-Length: 0\r\n", "/api/ws?token={token}"),
+    ],
+)
+async def test_a_refused_upgrade_is_closed_the_same_way_on_both_paths(
+    live: Live, raw: Any, name: str, extra: str, path: str
+) -> None:
+    connection = await raw(live)
+    await connection.send(upgrade(path.format(token=make_token("u1", secret="x" * 40)), extra))
+    head = await asyncio.wait_for(connection.reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 101"), name
+    ws = RawWebSocket(connection.reader, connection.writer, head)
+    assert await ws.close_code() == 4401, name
+
+
+@pytest.mark.parametrize(
+    ("name", "request_bytes", "expected"),
+    [
+        ("no version", upgrade("/api/ws").replace(b"Sec-WebSocket-Version: 13\r\n", b""), b"400"),
+        (
+            "a bad key",
+            upgrade("/api/ws").replace(b"Sec-WebSocket-Key: ", b"Sec-WebSocket-Key: !"),
+            b"400",
+        ),
+        ("not an upgrade", b"GET /api/ws HTTP/1.1\r\nHost: x\r\n\r\n", b"400"),
+        ("HTTP/1.0", upgrade("/api/ws").replace(b"HTTP/1.1", b"HTTP/1.0"), b"101"),
+        ("another path", upgrade("/api/wsx"), b"404"),
+        ("a space in the target", upgrade("/api/ws?a b"), b"400"),
+    ],
+)
+async def test_an_upgrade_the_front_door_does_not_take_gets_aiohttps_answer(
+    live: Live, raw: Any, name: str, request_bytes: bytes, expected: bytes
+) -> None:
+    connection = await raw(live)
+    await connection.send(request_bytes)
+    head = await asyncio.wait_for(connection.reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.split(b" ")[1] == expected, (name, head)
