@@ -23,7 +23,8 @@ one connection are answered in order, one at a time.
 
 While a socket is here, this module enforces what aiohttp would: ``http_idle_timeout_seconds``
 without a whole request head closes it (slowloris), and at shutdown idle connections are closed
-and busy ones are closed once answered.
+and busy ones are closed once answered. (aiohttp also turns on TCP keep-alive probes; sockets
+kept here do without: the idle timeout and the WebSocket heartbeat find dead peers sooner.)
 """
 
 from __future__ import annotations
