@@ -140,6 +140,9 @@ class RedisBackplane(Backplane):
         # whose frames are built once, then shared) cost ~5 µs per event per client. Stream
         # entries never change; Redis still decides which ones a client gets.
         self._replayed: dict[bytes, Event] = {}
+        # Done when the newest publish call has its answer (publishes share one pipelined
+        # connection: answers come in order, so all earlier ones have theirs too). See ``_tail``.
+        self._newest_publish: asyncio.Future[None] | None = None
         # Replays under way, by position: their events and the newest id they read.
         self._reads_after: dict[str, asyncio.Future[tuple[list[Event], EventId]]] = {}
         self.history_reads = 0  # reads of the stream for replays (for stats and tests)
@@ -222,8 +225,13 @@ class RedisBackplane(Backplane):
                 event.version_key if versioned else "",
                 str(event.version) if versioned else "",
             ]
-        async with self._reachable():
-            ids = await self._eval(PUBLISH, args)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._newest_publish = done
+        try:
+            async with self._reachable():
+                ids = await self._eval(PUBLISH, args)
+        finally:
+            done.set_result(None)
         return [None if raw in (b"", STALE) else _id(raw) for raw in ids]
 
     async def command(self, command: dict[str, Any]) -> None:
@@ -271,6 +279,13 @@ class RedisBackplane(Backplane):
                 self._last_read, backoff = time.monotonic(), 0.1
                 for _, entries in reply or ():
                     last = self._dispatch(entries) or last
+                # This process's own publishes in flight have added (or are adding) their entries:
+                # read after their answers, and those entries come in one read, not one each
+                # (one round trip and one write per client for several events). Other processes'
+                # entries wait at most one publish round trip.
+                newest = self._newest_publish
+                if reply and newest is not None and not newest.done():
+                    await asyncio.wait((newest,))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
