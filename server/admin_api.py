@@ -51,16 +51,14 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
     return web.Response(body=orjson.dumps(body), status=status, content_type=JSON, headers=headers)
 
 
-def _media_type(content_type: str) -> str:
-    """``application/json; charset=utf-8`` → ``application/json`` (as aiohttp's ``content_type``)."""
-    return content_type.partition(";")[0].strip().lower()
+def check_json_media_type(content_type: str) -> None:
+    """415 unless the body is declared JSON (``application/json``, parameters allowed). The exact
+    value is compared first: parsing it is needed only when it has parameters."""
+    if content_type != JSON and content_type.partition(";")[0].strip().lower() != JSON:
+        raise ApiError(415, "unsupported_media_type", "send the body as Content-Type: application/json")
 
 
 EVENTS_ROUTE = "/api/v1/events"
-
-
-def unsupported_media_type() -> ApiError:
-    return ApiError(415, "unsupported_media_type", "send the body as Content-Type: application/json")
 
 
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
@@ -185,8 +183,7 @@ class AdminApi:
         try:
             try:
                 self._admit(authorization)
-                if content_type != JSON and _media_type(content_type) != JSON:
-                    raise unsupported_media_type()
+                check_json_media_type(content_type)
                 answer = await self.publish_body(raw, idempotency_key)
                 status = 202
                 return 202, {}, orjson.dumps(answer)
@@ -276,9 +273,7 @@ class AdminApi:
         return answer
 
     async def _read_body(self, request: web.Request) -> bytes:
-        # The exact header first: parsing it (``content_type``) is needed only for parameters.
-        if request.headers.get("Content-Type") != JSON and request.content_type != JSON:
-            raise unsupported_media_type()
+        check_json_media_type(request.headers.get("Content-Type", ""))
         limit = self.settings.admin.max_body_bytes
         if request.content_length is not None and request.content_length > limit:
             raise ApiError(413, "payload_too_large", f"the body is over {limit} bytes")

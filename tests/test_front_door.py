@@ -10,6 +10,7 @@ import asyncio
 import base64
 import os
 import signal
+import socket
 import tempfile
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -166,6 +167,18 @@ async def test_a_request_arriving_a_byte_at_a_time_is_answered(live: Live, raw: 
     for index in range(len(request)):
         await connection.send(request[index : index + 1])
         await asyncio.sleep(0)
+    status, _, body = await connection.answer()
+    assert status == 202 and orjson.loads(body)["accepted"] == 1
+
+
+async def test_a_large_body_arriving_in_many_small_reads_is_answered_whole(live: Live, raw: Any) -> None:
+    """The head is read once and kept while the body comes, read after read."""
+    connection = await raw(live)
+    connection.writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    event = {"type": "store_updated", "data": {"storeId": "s1", "store": {"pad": "x" * 60_000}}}
+    request = plain(orjson.dumps(event))
+    for index in range(0, len(request), 97):
+        await connection.send(request[index : index + 97])
     status, _, body = await connection.answer()
     assert status == 202 and orjson.loads(body)["accepted"] == 1
 
