@@ -1,4 +1,4 @@
-"""WebSocket parser bench: ours (server.websocket.WebSocketProtocol) against aiohttp's own reader.
+"""WebSocket parser bench: ours (server.transports.websocket.WebSocketProtocol) against aiohttp's own reader.
 
 Two hostile shapes, each at several sizes to show how the cost grows:
 
@@ -32,7 +32,7 @@ from aiohttp._websocket import reader_py
 from aiohttp._websocket.reader import WebSocketDataQueue, WebSocketReader
 from aiohttp.base_protocol import BaseProtocol
 
-from server.websocket import WebSocketProtocol
+from server.transports.websocket import WebSocketProtocol
 
 LIMIT = 4 * 1024 * 1024  # max message size for every parser
 MASK = b"\x01\x02\x03\x04"

@@ -38,11 +38,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from server.auth import Identity
 from server.backplane.redis import RedisBackplane
 from server.config import load_settings
 from server.events import Event
 from server.hub import Connection
+from server.identity.auth import Identity
 from server.node import Node
 from tests.process import ServerProcess
 from tests.redis_server import RedisServer

@@ -35,7 +35,7 @@ def serve(settings: Settings) -> int:
     from aiohttp import web
 
     from server.app import create_app
-    from server.listen import listen_backlog
+    from server.transports.listen import listen_backlog
 
     if settings.auth.insecure:
         log.warning("AUTH_INSECURE=1: userId and role are trusted from the query; development only")

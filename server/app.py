@@ -8,19 +8,19 @@ import logging
 from aiohttp import web
 
 from handlers.catalogue import Catalogue
-from server.admin_api import EVENTS_ROUTE, AdminApi, error_middleware, json_response
-from server.auth import Authenticator
+from server.api.admin import EVENTS_ROUTE, AdminApi, error_middleware, json_response
+from server.api.dashboard import Dashboard
+from server.api.openapi import build_openapi
 from server.backplane.base import Backplane
 from server.backplane.memory import MemoryBackplane
 from server.config import Settings
-from server.dashboard import Dashboard
-from server.front_door import install as install_front_door
 from server.hub import CLOSE_RESTART
+from server.identity.auth import Authenticator
 from server.metrics import Metrics
 from server.node import Node
-from server.openapi import build_openapi
-from server.sio_transport import SocketIOEndpoint
-from server.ws_transport import WebSocketEndpoint
+from server.transports.front_door import install as install_front_door
+from server.transports.plain_ws import WebSocketEndpoint
+from server.transports.socketio import SocketIOEndpoint
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from operator import attrgetter
 
 import orjson
 
-from server.websocket import OP_TEXT, deflate, frame, text_frame
+from server.transports.websocket import OP_TEXT, deflate, frame, text_frame
 
 EventId = tuple[int, int]
 ZERO_ID = "0-0"

@@ -17,8 +17,8 @@ from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 from handlers.subscriptions import USER_PREFIX, user_room
-from server.auth import Identity
 from server.events import Event, EventBatch, EventId
+from server.identity.auth import Identity
 from server.metrics import Metrics
 
 log = logging.getLogger(__name__)

@@ -8,11 +8,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from handlers.subscriptions import STAFF_PREFIX, staff_rooms, store_room, store_rooms, viewed_stores
-from server.auth import AuthError, Identity
 from server.backplane.base import Backplane, BackplaneUnavailable, HistoryExpired, NodeReport
 from server.config import Settings
 from server.events import Event, EventId, OutgoingEvent, parse_event_id
 from server.hub import CLOSE_KICKED, CLOSE_TOO_MANY_FOR_USER, Connection, Hub
+from server.identity.auth import AuthError, Identity
 from server.metrics import Metrics
 from server.resume import ResumeBook
 

@@ -17,7 +17,7 @@ import aiohttp
 import orjson
 import pytest
 
-from server.dashboard import quantile
+from server.api.dashboard import quantile
 from server.metrics import LATENCY_BUCKETS
 from tests.clients import ADMIN_KEY, Live, make_token, recv
 from tests.conftest import StartServer, make_settings

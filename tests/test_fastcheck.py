@@ -8,8 +8,8 @@ import pytest
 from marshmallow import Schema
 
 from handlers.catalogue import BUILT_IN, declared_type
-from server.fastcheck import compile_check
-from server.schemas import EventSchema
+from server.api.fastcheck import compile_check
+from server.api.schemas import EventSchema
 
 ODD_VALUES: list[Any] = [
     None,

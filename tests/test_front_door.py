@@ -1,4 +1,4 @@
-"""The front door (server/front_door.py): ``POST /api/v1/events`` answered on the bytes, every
+"""The front door (server/transports/front_door.py): ``POST /api/v1/events`` answered on the bytes, every
 other request handed to aiohttp, over raw sockets so that the exact bytes on the wire are seen.
 
 Each answer of the front door is compared with aiohttp's answer to the same request sent in a
@@ -21,7 +21,7 @@ import pytest
 
 from server.app import create_app
 from server.config import Settings
-from server.front_door import FrontDoorServer
+from server.transports.front_door import FrontDoorServer
 from tests.clients import ADMIN_KEY, Live, make_token, recv
 from tests.conftest import StartServer
 from tests.fuzzing import client_frame

@@ -1,4 +1,4 @@
-"""Fuzzing the WebSocket parser (server/websocket.py): random and mutated frames.
+"""Fuzzing the WebSocket parser (server/transports/websocket.py): random and mutated frames.
 
 As a unit: a ``WebSocketProtocol`` on a real socket pair is fed client frames, whole or cut at
 random places. Valid conversations (fragmented, compressed, with pings between fragments) must
@@ -25,7 +25,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from server.config import Settings
-from server.websocket import WebSocketProtocol, deflate, valid_close_code
+from server.transports.websocket import WebSocketProtocol, deflate, valid_close_code
 from tests.clients import Live, SioClient, make_token, recv
 from tests.conftest import StartServer
 from tests.fuzzing import (

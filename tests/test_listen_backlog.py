@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from server.listen import listen_backlog
+from server.transports.listen import listen_backlog
 from tests.process import ServerProcess, running_server, wait_all
 
 
@@ -58,7 +58,7 @@ def test_a_backlog_over_somaxconn_is_capped_and_said(
 ) -> None:
     somaxconn = tmp_path / "somaxconn"
     somaxconn.write_text("512\n")
-    with caplog.at_level(logging.WARNING, logger="server.listen"):
+    with caplog.at_level(logging.WARNING, logger="server.transports.listen"):
         assert listen_backlog(4096, somaxconn) == 512
     assert "net.core.somaxconn=512" in caplog.text
     caplog.clear()

@@ -1,4 +1,4 @@
-"""server/packet_json.py decodes every packet text to what python-engineio's own JSON module
+"""server/transports/packet_json.py decodes every packet text to what python-engineio's own JSON module
 gives (or refuses it as that does), and encodes what the server sends to the same JSON values."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from engineio import json as engineio_json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from server import packet_json
+from server.transports import packet_json
 
 TEXTS = [
     '{"token":"a.b.c","stores":["s1","s2"],"lastEventId":"1-0"}',

@@ -16,10 +16,10 @@ import aiohttp
 import orjson
 import pytest
 
-from server import ws_transport
 from server.backplane.base import MAX_RESUME_POINTS, TOGETHER_SECONDS, take_resume_point
 from server.backplane.redis import RedisBackplane
 from server.config import Settings
+from server.transports import plain_ws
 from tests.clients import Live, make_token, no_message, recv, recv_close
 from tests.conftest import StartServer, make_settings
 from tests.redis_server import RedisServer
@@ -290,7 +290,7 @@ async def test_a_resumed_hook_is_pinged_at_once_so_a_second_drop_does_not_replay
 async def test_events_to_a_client_without_an_id_carry_a_position_mark_and_to_one_with_an_id_none(
     live: Live, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(ws_transport, "MARK_SECONDS", 0.0)
+    monkeypatch.setattr(plain_ws, "MARK_SECONDS", 0.0)
     url = f"{live.base}/api/ws"
     hook = await live.session.ws_connect(url, params={"token": make_token("hook")}, autoping=False)
     assert (await recv(hook))["type"] == "connected"

@@ -1,4 +1,4 @@
-"""RFC 6455 as the server speaks it (server/websocket.py), with frames written byte by byte.
+"""RFC 6455 as the server speaks it (server/transports/websocket.py), with frames written byte by byte.
 
 aiohttp's client cannot send what a broken or unusual client sends (unmasked frames, reserved
 bits, fragments, bad UTF-8), so these tests speak WebSocket over a raw TCP socket.

@@ -23,7 +23,7 @@ from server.background import spawn
 from server.identity.sessions import ForwardedHeaders, SessionAnswer, SessionVerifier
 
 if TYPE_CHECKING:
-    from server.auth import Identity
+    from server.identity.auth import Identity
 
 log = logging.getLogger(__name__)
 

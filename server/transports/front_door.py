@@ -42,11 +42,11 @@ from aiohttp.http import SERVER_SOFTWARE
 from multidict import CIMultiDict, MultiDictProxy
 from yarl import URL
 
-from server.websocket import handshake
+from server.transports.websocket import handshake
 
 if TYPE_CHECKING:
-    from server.admin_api import AdminApi
-    from server.ws_transport import WebSocketEndpoint
+    from server.api.admin import AdminApi
+    from server.transports.plain_ws import WebSocketEndpoint
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 
 from handlers.catalogue import Catalogue
-from server import schemas
+from server.api import schemas
 
 
 def _json(schema: str) -> dict[str, Any]:

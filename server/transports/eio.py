@@ -6,7 +6,7 @@ a ping task, and (on aiohttp) the WebSocket objects of ``aiohttp.web``: ~30 KiB 
 - ``LeanSocket`` is python-engineio's socket, still doing its handshake, long-polling, upgrade
   rules and ping timeouts. On WebSocket it writes every packet straight into the transport
   (its queue is used only while the client polls, or its upgrade is under way).
-- ``EngineWebSocket`` is the WebSocket under it (``server.websocket``): messages go to the socket
+- ``EngineWebSocket`` is the WebSocket under it (``server.transports.websocket``): messages go to the socket
   as they arrive, with no reader task.
 - ``PingScheduler`` sends every socket's pings from one task, instead of a task per socket, and
   closes a socket whose ping goes unanswered.
@@ -28,7 +28,7 @@ from engineio.payload import Payload
 
 from server.background import FixedDelay, spawn
 from server.events import SIO_FRAME, SIO_FRAME_DEFLATED, Event, joined
-from server.websocket import (
+from server.transports.websocket import (
     CLOSE_NORMAL,
     CLOSE_PROTOCOL_ERROR,
     DEFAULT_SEND_LIMIT,

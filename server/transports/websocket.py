@@ -146,7 +146,7 @@ def handshake(headers: Mapping[str, str], compression: bool) -> tuple[bytes, boo
 
 class Upgrade(Protocol):
     """An upgrade request whose socket can be taken: aiohttp's (``AiohttpUpgrade``) or the front
-    door's (server/front_door.py)."""
+    door's (server/transports/front_door.py)."""
 
     @property
     def headers(self) -> Mapping[str, str]: ...

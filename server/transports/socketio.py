@@ -24,8 +24,6 @@ from engineio import packet as eio_packet
 from socketio import packet as sio_packet
 
 from handlers.subscriptions import SubscriptionError, base_rooms, store_rooms, valid_id, viewed_stores
-from server import eio, packet_json
-from server.auth import Authenticator, AuthError, Credentials, Identity
 from server.background import FixedDelay, spawn
 from server.backplane.base import BackplaneUnavailable
 from server.config import Settings
@@ -37,11 +35,13 @@ from server.hub import (
     CLOSE_TOO_MANY_FOR_USER,
     Connection,
 )
+from server.identity.auth import Authenticator, AuthError, Credentials, Identity
 from server.identity.errors import CLOSE_CODES
 from server.node import Node, Resume
-from server.sio_manager import HubManager
-from server.websocket import CLOSE_NORMAL, CLOSE_PROTOCOL_ERROR
-from server.ws_transport import bearer_token
+from server.transports import eio, packet_json
+from server.transports.plain_ws import bearer_token
+from server.transports.sio_manager import HubManager
+from server.transports.websocket import CLOSE_NORMAL, CLOSE_PROTOCOL_ERROR
 
 log = logging.getLogger(__name__)
 

@@ -11,13 +11,13 @@ import orjson
 from aiohttp import web
 
 from handlers.subscriptions import SubscriptionError, base_rooms, parse_store_list, store_rooms, valid_id
-from server.auth import Authenticator, AuthError, Credentials, Identity
 from server.background import spawn
 from server.config import WebSocketSettings
 from server.events import WS_FRAME, WS_FRAME_DEFLATED, Event, joined
 from server.hub import CLOSE_RATE_LIMITED, CLOSE_SLOW_CONSUMER, Connection
+from server.identity.auth import Authenticator, AuthError, Credentials, Identity
 from server.node import Node
-from server.websocket import (
+from server.transports.websocket import (
     CLOSE_ABNORMAL,
     CLOSE_INTERNAL_ERROR,
     AiohttpUpgrade,

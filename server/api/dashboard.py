@@ -26,10 +26,10 @@ from urllib.parse import urlsplit
 import orjson
 from aiohttp import WSMsgType, web
 
-from server.auth import Authenticator, AuthError
 from server.backplane.base import BackplaneUnavailable, NodeReport
 from server.config import Settings
 from server.events import Event
+from server.identity.auth import Authenticator, AuthError
 from server.metrics import LATENCY_BUCKETS
 from server.node import Node
 

@@ -17,13 +17,13 @@ from marshmallow import ValidationError
 from handlers.catalogue import AudienceError, Catalogue
 from handlers.subscriptions import valid_id
 from handlers.versions import NoEntity, version_key
+from server.api.fastcheck import compile_check
+from server.api.limits import KeyedRateLimit, retry_after
+from server.api.schemas import BatchSchema, EventSchema
 from server.backplane.base import BackplaneUnavailable
 from server.config import Settings
 from server.events import OutgoingEvent, idempotency_key
-from server.fastcheck import compile_check
-from server.limits import KeyedRateLimit, retry_after
 from server.node import Node
-from server.schemas import BatchSchema, EventSchema
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +176,7 @@ class AdminApi:
     async def post_events_bytes(
         self, authorization: str, content_type: str, idempotency_key: str | None, raw: bytes
     ) -> tuple[int, dict[str, str], bytes]:
-        """``POST /api/v1/events`` for the front door (server/front_door.py), which has read the
+        """``POST /api/v1/events`` for the front door (server/transports/front_door.py), which has read the
         whole body (at most ``admin.max_body_bytes``): the same checks, in the same order, as
         ``post_events_direct``; the answer as (status, extra headers, JSON body)."""
         status = 500
