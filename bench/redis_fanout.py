@@ -50,7 +50,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from server.backplane.redis import _PUBLISH, _SHA  # noqa: E402 - the server's own publish script
+from server.backplane.redis_scripts import PUBLISH, SHA  # noqa: E402 - the server's own publish script
 from server.backplane.resp import RespConnection  # noqa: E402
 
 STREAM, FLOOR, ADDED = "rt:events", "rt:events:floor", "rt:events:added"
@@ -143,20 +143,20 @@ async def measure(
 ) -> dict[str, Any]:
     admin = RespConnection(url, tls_verify=True, timeout=10)
     await admin.call("DEL", STREAM, FLOOR, ADDED)
-    await admin.call("SCRIPT", "LOAD", _PUBLISH)
+    await admin.call("SCRIPT", "LOAD", PUBLISH)
     start = "0-0"
     tails = [Reader(url, start) for _ in range(readers)]
     tasks = [asyncio.create_task(t.run()) for t in tails]
     publisher = RespConnection(url, tls_verify=True, timeout=10)
     data = json.dumps({"storeId": "s1", "store": {"id": "s1", "name": "Bench store", "padding": "x" * 220}})
-    one = ["store_updated", data, '["global"]', ""]
+    one = ["store_updated", data, '["global"]', "", "", ""]  # type, data, rooms, no key, no version
 
     async def publish(count: int) -> None:
         calls = []
         for first in range(0, count, batch):
             n = min(batch, count - first)
-            args = [10000, 86400, "rt:idem:", *(one * n)]
-            calls.append(publisher.call("EVALSHA", _SHA[_PUBLISH], 3, STREAM, FLOOR, ADDED, *args))
+            args = [10000, 86400, "rt:", *(one * n)]
+            calls.append(publisher.call("EVALSHA", SHA[PUBLISH], 3, STREAM, FLOOR, ADDED, *args))
         await asyncio.gather(*calls)
 
     tick = 0.01
