@@ -189,6 +189,7 @@ class Hub:
         self.delivered = 0
         self.users = UserCounts(self.rooms)
         self._pending: list[Event] = []  # delivered at the next turn of the event loop
+        self._loop: asyncio.AbstractEventLoop | None = None  # the first deliver's
         # The id of the last event delivered here: each connection has it, or a later event,
         # in its socket (one assignment per batch, not per connection; see received_position).
         self.position: str | None = None
@@ -266,7 +267,10 @@ class Hub:
         instead of one per client and event.
         """
         if not self._pending:
-            asyncio.get_running_loop().call_soon(self.flush)
+            loop = self._loop
+            if loop is None:  # kept: on Python 3.11 each get_running_loop() is a getpid system call
+                loop = self._loop = asyncio.get_running_loop()
+            loop.call_soon(self.flush)
         self._pending.extend(events)
 
     def flush(self) -> None:

@@ -140,9 +140,11 @@ class RedisBackplane(Backplane):
         # whose frames are built once, then shared) cost ~5 µs per event per client. Stream
         # entries never change; Redis still decides which ones a client gets.
         self._replayed: dict[bytes, Event] = {}
-        # Done when the newest publish call has its answer (publishes share one pipelined
-        # connection: answers come in order, so all earlier ones have theirs too). See ``_tail``.
-        self._newest_publish: asyncio.Future[None] | None = None
+        # Publish calls sent and answered (they share one pipelined connection: answers come in
+        # order), and the tail's wait for the answers of those in flight. See ``_tail``.
+        self._publishes_sent = self._publishes_answered = 0
+        self._answers_awaited = 0
+        self._answers_waiter: asyncio.Future[None] | None = None
         # Replays under way, by position: their events and the newest id they read.
         self._reads_after: dict[str, asyncio.Future[tuple[list[Event], EventId]]] = {}
         self.history_reads = 0  # reads of the stream for replays (for stats and tests)
@@ -198,14 +200,8 @@ class RedisBackplane(Backplane):
     async def _reachable(self) -> AsyncIterator[None]:
         try:
             yield
-        except ReplyLost:
-            raise BackplaneUnavailable(
-                "Redis failed while running the request", self.retry_after, maybe_accepted=True
-            ) from None
         except (RedisError, OSError) as exc:
-            raise BackplaneUnavailable(
-                f"Redis is unreachable ({type(exc).__name__})", self.retry_after
-            ) from None
+            raise _unavailable(exc, self.retry_after) from None
 
     # --- events ---------------------------------------------------------------------------
 
@@ -225,13 +221,16 @@ class RedisBackplane(Backplane):
                 event.version_key if versioned else "",
                 str(event.version) if versioned else "",
             ]
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._newest_publish = done
-        try:
-            async with self._reachable():
-                ids = await self._eval(PUBLISH, args)
+        self._publishes_sent = sent = self._publishes_sent + 1
+        try:  # what ``_reachable`` does, without a context manager on the hot path
+            ids = await self._eval(PUBLISH, args)
+        except (RedisError, OSError) as exc:
+            raise _unavailable(exc, self.retry_after) from None
         finally:
-            done.set_result(None)
+            self._publishes_answered = max(self._publishes_answered, sent)
+            waiter = self._answers_waiter
+            if waiter is not None and self._publishes_answered >= self._answers_awaited and not waiter.done():
+                waiter.set_result(None)
         return [None if raw in (b"", STALE) else _id(raw) for raw in ids]
 
     async def command(self, command: dict[str, Any]) -> None:
@@ -261,6 +260,7 @@ class RedisBackplane(Backplane):
         """Read the stream forever, from where this process left off; reconnect with backoff."""
         last: str | None = None
         backoff = 0.1
+        loop = asyncio.get_running_loop()
         while self._running:
             try:
                 if last is None:
@@ -283,9 +283,13 @@ class RedisBackplane(Backplane):
                 # read after their answers, and those entries come in one read, not one each
                 # (one round trip and one write per client for several events). Other processes'
                 # entries wait at most one publish round trip.
-                newest = self._newest_publish
-                if reply and newest is not None and not newest.done():
-                    await asyncio.wait((newest,))
+                if reply and self._publishes_answered < self._publishes_sent:
+                    self._answers_awaited = self._publishes_sent
+                    self._answers_waiter = loop.create_future()
+                    try:
+                        await self._answers_waiter
+                    finally:
+                        self._answers_waiter = None
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -595,6 +599,14 @@ class RedisBackplane(Backplane):
         async with self._reachable():
             raw = await self._history.call("GET", f"{self.session_prefix}{pid}")
         return orjson.loads(raw) if raw else None
+
+
+def _unavailable(exc: Exception, retry_after: int) -> BackplaneUnavailable:
+    """What a Redis failure means for the caller: retry later, and whether the request may have run."""
+    if isinstance(exc, ReplyLost):
+        message = "Redis failed while running the request"
+        return BackplaneUnavailable(message, retry_after, maybe_accepted=True)
+    return BackplaneUnavailable(f"Redis is unreachable ({type(exc).__name__})", retry_after)
 
 
 def _parse_entry(event_id: str, fields: dict[bytes, bytes]) -> Event:

@@ -193,6 +193,7 @@ class FrontDoor(asyncio.Protocol):
         "_buffer",
         "_busy",
         "_close_after",
+        "_loop",
         "_paused_reading",
         "_paused_writing",
         "_post_head",
@@ -203,6 +204,8 @@ class FrontDoor(asyncio.Protocol):
 
     def __init__(self, server: FrontDoorServer) -> None:
         self._server = server
+        # Kept: on Python 3.11 every asyncio.get_running_loop() makes a getpid system call.
+        self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         # Appended to and cut from the front in place: a request arriving in many small reads
         # costs time in proportion to its size, not to its size times the number of reads.
@@ -220,7 +223,7 @@ class FrontDoor(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         self._server.connections.add(self)
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         self._answered_at = loop.time()
         self._timer = loop.call_at(self._answered_at + self._server.idle_timeout, self._idle)
 
@@ -274,7 +277,7 @@ class FrontDoor(asyncio.Protocol):
 
     def _start(self, coroutine: Any) -> None:
         self._busy = True
-        task = asyncio.get_running_loop().create_task(coroutine)
+        task = self._loop.create_task(coroutine)
         answering = self._server.answering
         answering.add(task)
         task.add_done_callback(answering.discard)
@@ -366,7 +369,7 @@ class FrontDoor(asyncio.Protocol):
             head.append(answer)
             transport.write(b"".join(head))
         self._busy = False
-        self._answered_at = asyncio.get_running_loop().time()
+        self._answered_at = self._loop.time()
         if self._paused_reading and transport is not None:
             self._paused_reading = False
             transport.resume_reading()
