@@ -52,7 +52,7 @@ function listen(server, name) {
   const port = Number(process.env.PORT || 3000);
   // BACKLOG: the accept queue (Node's default 511); bench/run gives it ours (4096), like for like.
   const backlog = Number(process.env.BACKLOG || 511);
-  server.transports.listen(port, '127.0.0.1', backlog, () => console.error(`${name} listening on 127.0.0.1:${port} (backlog ${backlog})`));
+  server.listen(port, '127.0.0.1', backlog, () => console.error(`${name} listening on 127.0.0.1:${port} (backlog ${backlog})`));
   const stop = () => process.exit(0);
   process.on('SIGTERM', stop);
   process.on('SIGINT', stop);

@@ -13,7 +13,7 @@ const server = http.createServer((req, res) => {
   res.end(body);
 });
 server.keepAliveTimeout = 60000;
-server.transports.listen(Number(process.env.PORT || 3999), '127.0.0.1', () => console.error(`session service on ${process.env.PORT}`));
+server.listen(Number(process.env.PORT || 3999), '127.0.0.1', () => console.error(`session service on ${process.env.PORT}`));
 const stop = () => { console.error(`session requests: ${requests}`); process.exit(0); };
 process.on('SIGTERM', stop);
 process.on('SIGINT', stop);
