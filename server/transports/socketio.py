@@ -472,13 +472,21 @@ class SocketIOEndpoint:
     async def on_unsubscribe(self, sid: str, data: Any = None) -> dict[str, Any]:
         return await self._change(sid, data, subscribe=False)
 
-    async def _change(self, sid: str, data: Any, subscribe: bool) -> dict[str, Any]:
+    def _sender(self, sid: str) -> SocketIOConnection | dict[str, Any]:
+        """The connection a client message comes from, or the refusal to answer with: unknown
+        connection, or one over its message rate (then closed 4429)."""
         conn = self.connections.get(sid)
         if conn is None:
             return _refusal("not connected")
         if not conn.allow_message():
             conn.close(CLOSE_RATE_LIMITED, "too many messages")
             return _refusal("too many messages")
+        return conn
+
+    async def _change(self, sid: str, data: Any, subscribe: bool) -> dict[str, Any]:
+        conn = self._sender(sid)
+        if isinstance(conn, dict):
+            return conn
         store_id = data.get("storeId") if isinstance(data, dict) else None
         if not valid_id(store_id):
             return _refusal("storeId must be 1-128 letters, digits or _.:@-")
@@ -492,12 +500,9 @@ class SocketIOEndpoint:
 
     async def on_refresh(self, sid: str, data: Any = None) -> dict[str, Any]:
         """A fresh token in band (contract §8): the same user and role, or the connection closes 4403."""
-        conn = self.connections.get(sid)
-        if conn is None:
-            return _refusal("not connected")
-        if not conn.allow_message():
-            conn.close(CLOSE_RATE_LIMITED, "too many messages")
-            return _refusal("too many messages")
+        conn = self._sender(sid)
+        if isinstance(conn, dict):
+            return conn
         token = data.get("token") if isinstance(data, dict) else None
         if not isinstance(token, str) or not token:
             return _refusal("token must be a token string")
@@ -514,9 +519,7 @@ class SocketIOEndpoint:
         return {"ok": True, "exp": identity.exp}
 
     async def on_other(self, event: str, sid: str, *args: Any) -> dict[str, Any]:
-        conn = self.connections.get(sid)
-        if conn is not None and not conn.allow_message():
-            conn.close(CLOSE_RATE_LIMITED, "too many messages")
+        self._sender(sid)  # counted against the rate like any message
         return _refusal(f"unknown event {str(event)[:64]!r}")
 
 
