@@ -12,7 +12,7 @@ from server.backplane.base import Backplane, BackplaneUnavailable, HistoryExpire
 from server.config import Settings
 from server.events import Event, EventId, OutgoingEvent, parse_event_id
 from server.hub import CLOSE_KICKED, CLOSE_TOO_MANY_FOR_USER, Connection, Hub
-from server.identity.auth import AuthError, Identity
+from server.identity.auth import Authenticator, AuthError, Identity
 from server.metrics import Metrics
 from server.resume import ResumeBook
 
@@ -219,6 +219,22 @@ class Node:
         """The ``staff:`` rooms the verified ``identity`` belongs in (contract §8)."""
         limit = self.settings.websocket.max_stores_per_connection
         return staff_rooms(identity.role, identity.stores, self.settings.auth.staff_roles, limit)
+
+    def refresh(self, conn: Connection, token: str, authenticator: Authenticator) -> Identity | AuthError:
+        """A fresh token in band (contract §8): the connection's new identity, or why it was
+        refused (another user or role, or a token that does not verify): it is then closed (4403)."""
+        try:
+            identity = authenticator.refresh(conn.identity, token)
+        except AuthError as exc:
+            log.info(
+                "connection closed: " + exc.message,
+                extra={"userId": conn.user_id, "transport": conn.transport},
+            )
+            conn.close(exc.close_code, "refresh refused")
+            return exc
+        self.reidentify(conn, identity)
+        authenticator.watch(conn)
+        return identity
 
     def reidentify(self, conn: Connection, identity: Identity) -> None:
         """A refreshed token: the connection's identity, and with it its staff rooms, are replaced."""

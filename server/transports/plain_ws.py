@@ -281,16 +281,9 @@ class WebSocketEndpoint:
         token = data.get("token") if isinstance(data, dict) else None
         if not isinstance(token, str) or not token:
             return _error("data.token must be a token string")
-        try:
-            identity = self.authenticator.refresh(conn.identity, token)
-        except AuthError as exc:
-            log.info(
-                "connection closed: " + exc.message, extra={"userId": conn.user_id, "transport": "websocket"}
-            )
-            conn.close(exc.close_code, "refresh refused")
-            return None
-        self.node.reidentify(conn, identity)
-        self.authenticator.watch(conn)
+        identity = self.node.refresh(conn, token, self.authenticator)
+        if isinstance(identity, AuthError):
+            return None  # closed
         return {"type": "refreshed", "data": {"exp": identity.exp}}
 
 

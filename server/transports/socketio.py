@@ -506,16 +506,9 @@ class SocketIOEndpoint:
         token = data.get("token") if isinstance(data, dict) else None
         if not isinstance(token, str) or not token:
             return _refusal("token must be a token string")
-        try:
-            identity = self.authenticator.refresh(conn.identity, token)
-        except AuthError as exc:
-            log.info(
-                "connection closed: " + exc.message, extra={"userId": conn.user_id, "transport": "socketio"}
-            )
-            conn.close(exc.close_code, "refresh refused")  # a DISCONNECT follows this ack
-            return {"ok": False, "error": exc.kind, "message": exc.message}
-        self.node.reidentify(conn, identity)
-        self.authenticator.watch(conn)
+        identity = self.node.refresh(conn, token, self.authenticator)
+        if isinstance(identity, AuthError):  # closed: a DISCONNECT follows this ack
+            return {"ok": False, "error": identity.kind, "message": identity.message}
         return {"ok": True, "exp": identity.exp}
 
     async def on_other(self, event: str, sid: str, *args: Any) -> dict[str, Any]:
