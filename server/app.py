@@ -89,7 +89,12 @@ def create_app(settings: Settings) -> web.Application:
     # Plain, whole single POSTs to that route, and plain upgrades to /api/ws, are taken before
     # aiohttp sees them (its request handling was most of their cost); the routes take the rest.
     install_front_door(
-        app, admin, websocket, settings.http_idle_timeout_seconds, bool(settings.auth.cookie_name)
+        app,
+        admin,
+        websocket,
+        sio.server.eio,
+        settings.http_idle_timeout_seconds,
+        bool(settings.auth.cookie_name),
     )
     app.add_subapp("/api/v1", api)
     app.router.add_get("/healthz", healthz)

@@ -85,14 +85,17 @@ SEAMS: tuple[Seam, ...] = (
         "python-engineio",
         "engineio.base_server:BaseServer._async",
         "server/transports/socketio.py",
-        "its table of async-mode drivers: its 'websocket' entry becomes our WebSocketDriver",
+        "its table of async-mode drivers: its 'websocket' entry becomes our WebSocketDriver, and its "
+        "'translate_request' passes through an environ the front door made",
     ),
     Seam(
         "engineio.AsyncServer.handle_request",
         "python-engineio",
         "engineio.async_server:AsyncServer.handle_request",
         "server/transports/socketio.py",
-        "its aiohttp route for every Engine.IO HTTP request: JSONP is refused before it",
+        "its aiohttp route for every Engine.IO HTTP request: JSONP is refused before it; the front "
+        "door calls it with an environ (a new session's WebSocket upgrade), which it reads as "
+        "translate_request made it (REQUEST_METHOD, QUERY_STRING, HTTP_* headers)",
     ),
     Seam(
         "engineio.AsyncServer._log_error_once",

@@ -418,6 +418,28 @@ async def test_a_websocket_upgrade_and_a_post_are_taken_by_the_front_door_and_ot
     await ws.close()
 
 
+async def test_a_socketio_websocket_session_is_taken_by_the_front_door_and_polling_by_aiohttp(
+    door: tuple[Live, Any],
+) -> None:
+    """python-socketio's client on WebSocket alone: its Engine.IO upgrade (no sid) never reaches
+    aiohttp, yet everything works (CONNECT with a token, an event, an ack). On polling, or
+    polling then upgraded, aiohttp serves every request, as before."""
+    live, front = door
+    client = await live.sio({"token": make_token("u1")}, transports=["websocket"])
+    assert (await live.post(store_event(1)))[0] == 202
+    [(name, _args)] = await client.wait_for(1, timeout=5)
+    assert name == "store_updated"
+    assert (await client.call("subscribe", {"storeId": "s2"}))["ok"] is True
+    assert front.inner.requests_count == 0  # the upgrade and the POST: neither reached aiohttp
+    await client.close()
+    polling = await live.sio({"token": make_token("u2")}, transports=["polling", "websocket"])
+    assert (await live.post(store_event(2)))[0] == 202
+    [(name, _args)] = await polling.wait_for(1, timeout=5)
+    assert name == "store_updated"
+    assert front.inner.requests_count >= 2  # the polling handshake and its upgrade are aiohttp's
+    await polling.close()
+
+
 async def test_what_a_client_sends_with_its_upgrade_request_is_read_after_the_101(
     live: Live, raw: Any
 ) -> None:

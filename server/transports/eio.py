@@ -32,9 +32,11 @@ from server.transports.websocket import (
     CLOSE_NORMAL,
     CLOSE_PROTOCOL_ERROR,
     DEFAULT_SEND_LIMIT,
+    DOOR_UPGRADE,
     OP_BINARY,
     AiohttpUpgrade,
     TakenOver,
+    Upgrade,
     WebSocketProtocol,
     frame,
     handshake,
@@ -337,11 +339,16 @@ class WebSocketDriver:
         self.server = server
 
     async def __call__(self, environ: dict[str, Any]) -> Any:
-        request = environ["aiohttp.request"]  # SEAM: engineio.environ.aiohttp.request
-        response, deflate = handshake(request.headers, self.compress)
+        upgrade: Upgrade
+        if DOOR_UPGRADE in environ:  # read by the front door, its handshake checked there
+            upgrade, response, deflate = environ[DOOR_UPGRADE]
+        else:
+            request = environ["aiohttp.request"]  # SEAM: engineio.environ.aiohttp.request
+            response, deflate = handshake(request.headers, self.compress)
+            upgrade = AiohttpUpgrade(request)
         socket = self.socket
         ws = EngineWebSocket(socket, self.server.max_http_buffer_size, deflate, self.send_limit)
-        early = take_over(AiohttpUpgrade(request), response, ws, hold=True)
+        early = take_over(upgrade, response, ws, hold=True)
         socket.ws = ws
         if ws.state == "probe":
             socket.upgrading = True  # hold packet sends during the upgrade

@@ -1,13 +1,17 @@
-"""The protocol every accepted socket starts with: ``POST /api/v1/events`` and the plain
-WebSocket upgrade (``GET /api/ws``) are taken here, on the bytes; every other request goes to
-aiohttp.
+"""The protocol every accepted socket starts with: ``POST /api/v1/events``, the plain
+WebSocket upgrade (``GET /api/ws``) and a new Engine.IO session's WebSocket upgrade
+(``GET /socket.io/?EIO=4&transport=websocket``) are taken here, on the bytes; every other request
+goes to aiohttp.
 
 Through aiohttp a single-event POST cost about 140 µs of CPU (its request, handler task, response
 and writer objects: over two thirds of it), against Node's ~40 µs, and its request handling was a
 third of a plain WebSocket connect (issue 18). Services post one event per state change over
 keep-alive connections, and every client of a restarted process reconnects at once: those two
 requests are recognised here, run the same code as behind aiohttp (``AdminApi.post_events_bytes``,
-``WebSocketEndpoint.upgrade``), and are answered in one write.
+``WebSocketEndpoint.upgrade``, python-engineio's request handling on an environ made here:
+``RealtimeEngine.handle_environ``), and are answered in one write. A Socket.IO client on WebSocket
+then costs no aiohttp request either (its peak memory in a reconnect storm was most of the RSS
+that stayed after churn).
 
 Only a strict, plain form of each request is taken: the exact request line
 (``POST /api/v1/events HTTP/1.1``, or ``GET /api/ws`` with an optional query and ``HTTP/1.1``),
@@ -36,23 +40,29 @@ import time
 from email.utils import formatdate
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
+from urllib.parse import parse_qs
 
 from aiohttp import web
 from aiohttp.http import SERVER_SOFTWARE
 from multidict import CIMultiDict, MultiDictProxy
 from yarl import URL
 
-from server.transports.websocket import handshake
+from server.transports.websocket import DOOR_UPGRADE, handshake
 
 if TYPE_CHECKING:
     from server.api.admin import AdminApi
     from server.transports.plain_ws import WebSocketEndpoint
+    from server.transports.socketio import RealtimeEngine
 
 log = logging.getLogger(__name__)
 
 POST_LINE = b"POST /api/v1/events HTTP/1.1\r\n"
 UPGRADE_STARTS = (b"GET /api/ws?", b"GET /api/ws ")
 UPGRADE_LINE = re.compile(rb"GET /api/ws(?:\?([!-~]*))? HTTP/1\.1\r\n")
+# A new Engine.IO session on WebSocket (no sid: an upgrade from polling is aiohttp's).
+ENGINE_START = b"GET /socket.io/?"
+ENGINE_LINE = re.compile(rb"GET /socket\.io/\?([!-~]*) HTTP/1\.1\r\n")
+STARTS = (POST_LINE, *UPGRADE_STARTS, ENGINE_START)
 MAX_HEAD_BYTES = 8190  # aiohttp's own limit for a request line and for a header line
 MAX_HEADERS = 128  # aiohttp's RequestHandler's
 # Header lines as RFC 9110 defines them: a token, a colon, a value of visible characters, spaces
@@ -87,19 +97,21 @@ class NotOurs(Exception):
 class FrontDoorServer:
     """What the listening socket makes a protocol with (aiohttp's ``Server``, wrapped): a
     ``FrontDoor`` per connection, which gives the connection to ``inner`` unless it is a
-    publishing connection or a plain WebSocket's upgrade."""
+    publishing connection or a WebSocket upgrade it takes."""
 
     def __init__(
         self,
         inner: web.Server,
         admin: AdminApi,
         websocket: WebSocketEndpoint,
+        engine: RealtimeEngine,
         idle_timeout: float,
         cookie_auth: bool,
     ) -> None:
         self.inner = inner
         self.admin = admin
         self.websocket = websocket
+        self.engine = engine
         self.idle_timeout = idle_timeout
         self.cookie_auth = cookie_auth  # a Cookie on an upgrade may need a session lookup: aiohttp's
         self.max_body = admin.settings.admin.max_body_bytes
@@ -140,6 +152,7 @@ def install(
     app: web.Application,
     admin: AdminApi,
     websocket: WebSocketEndpoint,
+    engine: RealtimeEngine,
     idle_timeout: float,
     cookie_auth: bool,
 ) -> None:
@@ -147,7 +160,7 @@ def install(
     make_handler = app._make_handler  # SEAM: aiohttp.Application._make_handler
 
     def make_front_door(**kwargs: Any) -> Any:
-        return FrontDoorServer(make_handler(**kwargs), admin, websocket, idle_timeout, cookie_auth)
+        return FrontDoorServer(make_handler(**kwargs), admin, websocket, engine, idle_timeout, cookie_auth)
 
     app._make_handler = make_front_door  # type: ignore[method-assign]
 
@@ -270,7 +283,9 @@ class FrontDoor(asyncio.Protocol):
                 self._post(buffer)
             elif buffer.startswith(UPGRADE_STARTS):
                 self._upgrade(buffer)
-            elif not (POST_LINE.startswith(buffer) or any(s.startswith(buffer) for s in UPGRADE_STARTS)):
+            elif buffer.startswith(ENGINE_START):
+                self._engine_upgrade(buffer)
+            elif not any(start.startswith(buffer) for start in STARTS):
                 raise NotOurs
         except NotOurs:
             self._hand_over()
@@ -334,6 +349,72 @@ class FrontDoor(asyncio.Protocol):
         self._start(
             self._take_upgrade(DoorUpgrade(self, headers, query.query, headers["Host"]), response, deflate)
         )
+
+    def _engine_upgrade(self, buffer: bytearray) -> None:
+        """A new Engine.IO session on WebSocket (``EIO=4&transport=websocket``, no ``sid``, no
+        JSONP): python-engineio runs it from the environ built here instead of aiohttp's request."""
+        line = ENGINE_LINE.match(buffer)
+        if line is None:
+            if b"\r\n" in buffer or len(buffer) > MAX_HEAD_BYTES:
+                raise NotOurs
+            return  # the request line is not whole yet
+        query_string = line.group(1).decode("ascii")
+        query = parse_qs(query_string)
+        if (
+            query.get("EIO") != ["4"]
+            or query.get("transport") != ["websocket"]
+            or "sid" in query
+            or "j" in query
+        ):
+            raise NotOurs  # polling, an upgrade of a polling session, another protocol version
+        head = _head(buffer, line.end(), UPGRADE_READS, UPGRADE_REFUSED)
+        if head is None:
+            return
+        end, fields = head
+        headers = CIMultiDict((name.decode("ascii"), _text(value)) for name, value in fields.items())
+        try:
+            response, deflate = handshake(headers, self._server.engine.compress)
+        except web.HTTPBadRequest:
+            raise NotOurs from None  # aiohttp's route answers it, with the same check
+        # What python-engineio's aiohttp driver makes of a request (``translate_request``), for
+        # the headers read here, and the upgrade for our WebSocket driver (eio.WebSocketDriver).
+        environ: dict[str, Any] = {
+            "REQUEST_METHOD": "GET",
+            "QUERY_STRING": query_string,
+            "PATH_INFO": "/socket.io/",
+            "SCRIPT_NAME": "",
+            "SERVER_PROTOCOL": "HTTP/1.1",
+            **{f"HTTP_{name.upper().replace('-', '_')}": value for name, value in headers.items()},
+            DOOR_UPGRADE: (
+                DoorUpgrade(self, headers, MultiDictProxy(CIMultiDict()), headers["Host"]),
+                response,
+                deflate,
+            ),
+        }
+        del buffer[:end]  # what a client sends before our 101 is passed on
+        self._start(self._take_engine_upgrade(environ))
+
+    async def _take_engine_upgrade(self, environ: dict[str, Any]) -> None:
+        try:
+            answer = await self._server.engine.handle_environ(environ)
+        except Exception:
+            log.exception("engine.io upgrade failed")
+        else:
+            transport = self._transport
+            if isinstance(answer, web.Response) and transport is not None:  # refused, not taken
+                body = answer.body if isinstance(answer.body, bytes) else b""
+                transport.write(
+                    b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
+                    % (
+                        answer.status,
+                        REASONS.get(answer.status, b""),
+                        answer.content_type.encode(),
+                        len(body),
+                        body,
+                    )
+                )
+        if self._transport is not None:  # not taken: the client left, or it was refused
+            self._transport.close()
 
     async def _take_upgrade(self, upgrade: DoorUpgrade, response: bytes, deflate: bool) -> None:
         try:

@@ -75,8 +75,15 @@ class RealtimeEngine(engineio.AsyncServer):  # type: ignore[misc]
 
     def __init__(self, compress: bool, send_buffer_bytes: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        # SEAM: engineio.AsyncServer._async: its table names the class that serves a WebSocket request.
-        self._async: dict[str, Any] = dict(self._async, websocket=eio.driver(compress, send_buffer_bytes))
+        self.compress = compress
+        # SEAM: engineio.AsyncServer._async: its table names the class that serves a WebSocket
+        # request, and the function that makes an environ of a request (given one, it is kept).
+        translate = self._async["translate_request"]
+        self._async: dict[str, Any] = dict(
+            self._async,
+            websocket=eio.driver(compress, send_buffer_bytes),
+            translate_request=lambda request: request if isinstance(request, dict) else translate(request),
+        )
         self.pings = eio.PingScheduler(self.ping_interval, self.ping_timeout)
         self.max_queued_packets = eio.MAX_QUEUED_PACKETS  # per polling client (websocket.max_queued_packets)
 
@@ -93,6 +100,13 @@ class RealtimeEngine(engineio.AsyncServer):  # type: ignore[misc]
             log.info("engine.io request refused", extra={"reason": "origin not allowed", "origin": origin})
             return web.json_response({"code": 4, "message": "Forbidden"}, status=403)
         response: web.StreamResponse = await super().handle_request(request)
+        return response
+
+    async def handle_environ(self, environ: dict[str, Any]) -> web.StreamResponse:
+        """A new session's WebSocket upgrade read by the front door: python-engineio's request
+        handling on the environ made there (the JSONP and Origin rules above do not apply: it is
+        not JSONP, and an upgrade's Origin is checked at CONNECT)."""
+        response: web.StreamResponse = await super().handle_request(environ)
         return response
 
     def _log_error_once(self, message: str, message_key: str) -> None:

@@ -168,6 +168,11 @@ class Upgrade(Protocol):
         ...
 
 
+# The environ key under which the front door hands python-engineio an Engine.IO upgrade it read:
+# (the ``Upgrade``, the ``101`` to send, whether it deflates). See eio.WebSocketDriver.
+DOOR_UPGRADE = "realtime.door_upgrade"
+
+
 class AiohttpUpgrade:
     """An upgrade request that aiohttp parsed, handled by one of its routes."""
 
