@@ -383,6 +383,9 @@ async def test_sigterm_closes_an_idle_publishing_connection_and_the_process_exit
 # --- plain WebSocket upgrades ------------------------------------------------------------------
 
 
+ENGINE_WS = "/socket.io/?EIO=4&transport=websocket"
+
+
 def upgrade(path: str, extra: str = "") -> bytes:
     key = base64.b64encode(os.urandom(16)).decode()
     return (
@@ -485,6 +488,21 @@ async def test_a_refused_upgrade_is_closed_the_same_way_on_both_paths(
         ("HTTP/1.0", upgrade("/api/ws").replace(b"HTTP/1.1", b"HTTP/1.0"), b"101"),
         ("another path", upgrade("/api/wsx"), b"404"),
         ("a space in the target", upgrade("/api/ws?a b"), b"400"),
+        (
+            "Engine.IO, a bad key",
+            upgrade(ENGINE_WS).replace(b"Sec-WebSocket-Key: ", b"Sec-WebSocket-Key: !"),
+            b"400",
+        ),
+        ("Engine.IO, no version", upgrade(ENGINE_WS).replace(b"Sec-WebSocket-Version: 13\r\n", b""), b"400"),
+        ("Engine.IO 3", upgrade("/socket.io/?EIO=3&transport=websocket"), b"400"),
+        ("Engine.IO, an unknown sid", upgrade(f"{ENGINE_WS}&sid=nope"), b"400"),
+        ("Engine.IO, JSONP", upgrade(f"{ENGINE_WS}&j=0"), b"400"),
+        (
+            "Engine.IO, not an upgrade",
+            b"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"400",
+        ),
+        ("Engine.IO, taken by the front door", upgrade(ENGINE_WS), b"101"),
     ],
 )
 async def test_an_upgrade_the_front_door_does_not_take_gets_aiohttps_answer(

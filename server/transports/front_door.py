@@ -47,7 +47,7 @@ from aiohttp.http import SERVER_SOFTWARE
 from multidict import CIMultiDict, MultiDictProxy
 from yarl import URL
 
-from server.transports.websocket import DOOR_UPGRADE, handshake
+from server.transports.websocket import DOOR_UPGRADE, TakenOver, handshake
 
 if TYPE_CHECKING:
     from server.api.admin import AdminApi
@@ -88,6 +88,7 @@ UPGRADE_READS = frozenset(
 )
 UPGRADE_REFUSED = frozenset((b"transfer-encoding", b"content-length", b"expect"))
 REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
+NO_QUERY: MultiDictProxy[str] = MultiDictProxy(CIMultiDict())  # an Engine.IO upgrade's is in its environ
 
 
 class NotOurs(Exception):
@@ -327,23 +328,39 @@ class FrontDoor(asyncio.Protocol):
         self._close_after = post.close
         self._start(self._answer(post.authorization, post.content_type, post.idempotency_key, body))
 
-    def _upgrade(self, buffer: bytearray) -> None:
-        line = UPGRADE_LINE.match(buffer)
+    def _upgrade_request(
+        self, buffer: bytearray, line_pattern: re.Pattern[bytes], compress: bool, cookie_ours: bool
+    ) -> tuple[re.Match[bytes], int, CIMultiDict[str], bytes, bool] | None:
+        """A WebSocket upgrade read on the bytes: its request line, where its head ends, its
+        headers, the ``101`` and whether it deflates; ``None`` while it is not whole; ``NotOurs``
+        for anything aiohttp's route must answer (its handshake check is the same one)."""
+        line = line_pattern.match(buffer)
         if line is None:
             if b"\r\n" in buffer or len(buffer) > MAX_HEAD_BYTES:
                 raise NotOurs
-            return  # the request line is not whole yet
+            return None  # the request line is not whole yet
         head = _head(buffer, line.end(), UPGRADE_READS, UPGRADE_REFUSED)
         if head is None:
-            return
+            return None
         end, fields = head
-        if self._server.cookie_auth and b"cookie" in fields:
+        if not cookie_ours and b"cookie" in fields:
             raise NotOurs
         headers = CIMultiDict((name.decode("ascii"), _text(value)) for name, value in fields.items())
         try:
-            response, deflate = handshake(headers, self._server.websocket.settings.compression)
+            response, deflate = handshake(headers, compress)
         except web.HTTPBadRequest:
-            raise NotOurs from None  # aiohttp's route answers it, with the same check
+            raise NotOurs from None
+        return line, end, headers, response, deflate
+
+    def _upgrade(self, buffer: bytearray) -> None:
+        # With cookie authentication on, a Cookie may need a session lookup: aiohttp's route does it.
+        websocket = self._server.websocket
+        request = self._upgrade_request(
+            buffer, UPGRADE_LINE, websocket.settings.compression, not self._server.cookie_auth
+        )
+        if request is None:
+            return
+        line, end, headers, response, deflate = request
         query = URL.build(path="/api/ws", query_string=(line.group(1) or b"").decode("ascii"), encoded=True)
         del buffer[:end]  # what a client sends before our 101 is passed on
         self._start(
@@ -352,30 +369,20 @@ class FrontDoor(asyncio.Protocol):
 
     def _engine_upgrade(self, buffer: bytearray) -> None:
         """A new Engine.IO session on WebSocket (``EIO=4&transport=websocket``, no ``sid``, no
-        JSONP): python-engineio runs it from the environ built here instead of aiohttp's request."""
-        line = ENGINE_LINE.match(buffer)
-        if line is None:
-            if b"\r\n" in buffer or len(buffer) > MAX_HEAD_BYTES:
-                raise NotOurs
-            return  # the request line is not whole yet
+        JSONP): python-engineio runs it from the environ built here instead of aiohttp's request.
+        A Cookie stays: it is read at the Socket.IO CONNECT, as behind aiohttp."""
+        request = self._upgrade_request(buffer, ENGINE_LINE, self._server.engine.compress, True)
+        if request is None:
+            return
+        line, end, headers, response, deflate = request
         query_string = line.group(1).decode("ascii")
         query = parse_qs(query_string)
         if (
             query.get("EIO") != ["4"]
             or query.get("transport") != ["websocket"]
-            or "sid" in query
-            or "j" in query
+            or {"sid", "j"} & query.keys()
         ):
             raise NotOurs  # polling, an upgrade of a polling session, another protocol version
-        head = _head(buffer, line.end(), UPGRADE_READS, UPGRADE_REFUSED)
-        if head is None:
-            return
-        end, fields = head
-        headers = CIMultiDict((name.decode("ascii"), _text(value)) for name, value in fields.items())
-        try:
-            response, deflate = handshake(headers, self._server.engine.compress)
-        except web.HTTPBadRequest:
-            raise NotOurs from None  # aiohttp's route answers it, with the same check
         # What python-engineio's aiohttp driver makes of a request (``translate_request``), for
         # the headers read here, and the upgrade for our WebSocket driver (eio.WebSocketDriver).
         environ: dict[str, Any] = {
@@ -385,11 +392,7 @@ class FrontDoor(asyncio.Protocol):
             "SCRIPT_NAME": "",
             "SERVER_PROTOCOL": "HTTP/1.1",
             **{f"HTTP_{name.upper().replace('-', '_')}": value for name, value in headers.items()},
-            DOOR_UPGRADE: (
-                DoorUpgrade(self, headers, MultiDictProxy(CIMultiDict()), headers["Host"]),
-                response,
-                deflate,
-            ),
+            DOOR_UPGRADE: (DoorUpgrade(self, headers, NO_QUERY, headers["Host"]), response, deflate),
         }
         del buffer[:end]  # what a client sends before our 101 is passed on
         self._start(self._take_engine_upgrade(environ))
@@ -397,23 +400,11 @@ class FrontDoor(asyncio.Protocol):
     async def _take_engine_upgrade(self, environ: dict[str, Any]) -> None:
         try:
             answer = await self._server.engine.handle_environ(environ)
+            if not isinstance(answer, TakenOver):  # the request is one python-engineio accepts
+                log.warning("engine.io refused an upgrade", extra={"status": answer.status})
         except Exception:
             log.exception("engine.io upgrade failed")
-        else:
-            transport = self._transport
-            if isinstance(answer, web.Response) and transport is not None:  # refused, not taken
-                body = answer.body if isinstance(answer.body, bytes) else b""
-                transport.write(
-                    b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
-                    % (
-                        answer.status,
-                        REASONS.get(answer.status, b""),
-                        answer.content_type.encode(),
-                        len(body),
-                        body,
-                    )
-                )
-        if self._transport is not None:  # not taken: the client left, or it was refused
+        if self._transport is not None:  # not taken: the client left, or it failed
             self._transport.close()
 
     async def _take_upgrade(self, upgrade: DoorUpgrade, response: bytes, deflate: bool) -> None:
