@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 
 from aiohttp import web
@@ -18,6 +19,7 @@ from server.hub import CLOSE_RESTART
 from server.identity.auth import Authenticator
 from server.metrics import Metrics
 from server.node import Node
+from server.transports.front_door import FrontDoorServer
 from server.transports.front_door import install as install_front_door
 from server.transports.plain_ws import WebSocketEndpoint
 from server.transports.socketio import SocketIOEndpoint
@@ -86,16 +88,18 @@ def create_app(settings: Settings) -> web.Application:
     # Found before the sub-application (the router tries the longest path first); its other
     # methods fall through to the sub-application's route, and its 401/405 answers.
     app.router.add_post(EVENTS_ROUTE, admin.post_events_direct)
-    # Plain, whole single POSTs to that route, and plain upgrades to /api/ws, are taken before
-    # aiohttp sees them (its request handling was most of their cost); the routes take the rest.
-    install_front_door(
-        app,
-        admin,
-        websocket,
-        sio.server.eio,
-        settings.http_idle_timeout_seconds,
-        bool(settings.auth.cookie_name),
+    # Plain, whole single POSTs to that route, plain upgrades to /api/ws and new Socket.IO
+    # sessions on WebSocket are taken before aiohttp sees them (its request handling was most of
+    # their cost); the routes take the rest.
+    front_door = functools.partial(
+        FrontDoorServer,
+        admin=admin,
+        websocket=websocket,
+        engine=sio.server.eio,
+        idle_timeout=settings.http_idle_timeout_seconds,
+        cookie_auth=bool(settings.auth.cookie_name),
     )
+    install_front_door(app, front_door)
     app.add_subapp("/api/v1", api)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

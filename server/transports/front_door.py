@@ -37,6 +37,7 @@ import asyncio
 import logging
 import re
 import time
+from collections.abc import Callable
 from email.utils import formatdate
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
@@ -149,25 +150,19 @@ class FrontDoorServer:
         return self._date[1]
 
 
-def install(
-    app: web.Application,
-    admin: AdminApi,
-    websocket: WebSocketEndpoint,
-    engine: RealtimeEngine,
-    idle_timeout: float,
-    cookie_auth: bool,
-) -> None:
-    """Put the front door in front of ``app``, for ``run_app`` and for test servers alike."""
+def install(app: web.Application, front_door: Callable[[web.Server], FrontDoorServer]) -> None:
+    """Put ``front_door(aiohttp's server)`` in front of ``app``, for ``run_app`` and for test
+    servers alike."""
     make_handler = app._make_handler  # SEAM: aiohttp.Application._make_handler
 
     def make_front_door(**kwargs: Any) -> Any:
-        return FrontDoorServer(make_handler(**kwargs), admin, websocket, engine, idle_timeout, cookie_auth)
+        return front_door(make_handler(**kwargs))
 
     app._make_handler = make_front_door  # type: ignore[method-assign]
 
 
 class DoorUpgrade:
-    """A ``GET /api/ws`` read by the front door: what ``WebSocketEndpoint.upgrade`` asks of it."""
+    """An upgrade read by the front door: what ``take_over`` and ``WebSocketEndpoint.upgrade`` ask of it."""
 
     __slots__ = ("_door", "headers", "host", "query")
 
