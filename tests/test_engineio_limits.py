@@ -128,6 +128,33 @@ async def test_a_socket_io_client_that_stops_answering_pings_is_dropped_with_not
     ws.close()
 
 
+async def test_a_polling_client_that_stops_polling_is_dropped(
+    start_server: StartServer, settings_for: Callable[..., Settings]
+) -> None:
+    """The PingScheduler, not python-engineio's service task (off), drops a long-polling client
+    that vanished: its PING waits in its queue unanswered."""
+    live = await start_server(
+        settings_for(websocket={"heartbeat_seconds": 0.3, "heartbeat_timeout_seconds": 0.3})
+    )
+    status, text, _ = await handshake(live)
+    assert status == 200
+    sid = sid_of(text)
+    url = f"{live.base}{POLLING}&sid={sid}"
+    async with live.session.post(url, data='40{"token":"' + make_token("u1") + '"}') as resp:
+        assert resp.status == 200
+    async with live.session.get(url) as resp:
+        assert (await resp.text()).startswith("40{")
+    _, presence = await live.get("/api/v1/presence/users/u1")
+    assert presence["online"]
+    # It never polls again.
+
+    async def offline() -> bool:
+        _, presence = await live.get("/api/v1/presence/users/u1")
+        return not presence["online"] and sid not in _sio_sockets(live)
+
+    await eventually(offline, within=5)
+
+
 async def test_a_socket_io_client_that_answers_pings_stays(
     start_server: StartServer, settings_for: Callable[..., Settings]
 ) -> None:

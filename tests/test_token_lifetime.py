@@ -8,13 +8,15 @@ import gc
 import time
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import aiohttp
 import jwt
 import pytest
 
 from server.app import AUTHENTICATOR
+from server.identity.auth import Identity
+from server.identity.lifetime import COMPACT_MIN, Lifetime
 from tests.clients import JWT_SECRET, Live, make_token, no_message, recv, recv_close
 from tests.conftest import StartServer
 from tests.support import eventually, sio_refusal
@@ -170,8 +172,40 @@ async def test_the_schedule_forgets_closed_connections(live: Live) -> None:
 
     await eventually(all_gone)
     assert len(lifetime) == 3  # entries of closed connections wait for their due time...
-    lifetime.compact()  # ...or the next compaction (when the heap has doubled), whichever is first
+    lifetime.compact()  # ...or the next compaction (once they are half the heap), whichever is first
     assert len(lifetime) == 0
+
+
+class _Watched:
+    transport: ClassVar[str] = "websocket"
+
+    def __init__(self) -> None:
+        self.identity = Identity("u1", "customer", (), time.time() + 3600)
+        self.closed = False
+
+    def close(self, code: int, reason: str) -> None:
+        self.closed = True
+
+
+async def test_dead_entries_never_outnumber_live_ones_for_long() -> None:
+    """A reconnect storm: thousands connect and go before their tokens expire. Their entries are
+    dropped once they are half the heap, not kept until their due time."""
+    lifetime = Lifetime(None, 0)
+    try:
+        conns = [_Watched() for _ in range(COMPACT_MIN * 2)]
+        for conn in conns:
+            lifetime.watch(conn)
+        del conn, conns[1:]  # all but one freed: their entries are dead
+        gc.collect()
+        assert len(lifetime) == COMPACT_MIN * 2  # nothing is dropped until the next push...
+        survivor = _Watched()
+        lifetime.watch(survivor)
+        assert len(lifetime) == 2  # ...which compacts: the two live ones are left
+        conns.clear()
+        lifetime.watch(_Watched())  # one dead entry: far too few to compact for
+        assert len(lifetime) == 3
+    finally:
+        lifetime.stop()
 
 
 async def test_a_closed_connection_is_freed_before_its_token_expires(live: Live) -> None:
@@ -191,3 +225,34 @@ async def test_a_closed_connection_is_freed_before_its_token_expires(live: Live)
     await asyncio.sleep(0.1)  # the transports' last callbacks run
     gc.collect()
     assert [ref() for ref in refs] == [None, None]
+
+
+async def test_a_closed_connection_is_freed_at_once_not_by_the_collector(live: Live) -> None:
+    """Nothing keeps a closed connection: not a cycle left for the collector's next full pass, nor
+    a scheduled ping. After a deploy's reconnect storm, thousands would be held meanwhile
+    (bench/churn_rss.py: the peak RSS, which the process never gives back)."""
+    ws, _ = await live.ws_ready(token=make_token("u1"))
+    client = await live.sio({"token": make_token("u2")})
+    conns = list(live.node.hub.connections)
+    assert len(conns) == 2
+    refs = [weakref.ref(obj) for conn in conns for obj in (conn, *_parts(conn))]
+    del conns
+    gc.disable()
+    try:
+        await ws.close()
+        await client.close()
+
+        async def all_gone() -> bool:
+            return not live.node.hub.connections
+
+        await eventually(all_gone)
+        await asyncio.sleep(0.2)  # the transports' last callbacks run
+        assert [ref() for ref in refs] == [None] * len(refs)
+    finally:
+        gc.enable()
+
+
+def _parts(conn: Any) -> list[Any]:
+    """The Engine.IO socket under a Socket.IO connection (a plain WebSocket's has no weak
+    references, for its size: its connection, which it refers to, stands for it here)."""
+    return [] if conn.transport == "websocket" else [conn.eio_socket]

@@ -33,6 +33,7 @@ _EXPIRY, _RECHECK = 0, 1
 # Re-checks come due on a grid of this many seconds, so connections made within one step are
 # re-checked in one batch (and one request per credential).
 RECHECK_STEP = 1.0
+COMPACT_MIN = 256  # dead entries tolerated before the heap is compacted at all
 
 
 class Watched(Protocol):
@@ -51,7 +52,7 @@ class Lifetime:
         self.recheck_seconds = recheck_seconds
         self._heap: list[tuple[float, int, int, weakref.ref[Watched]]] = []
         self._order = itertools.count()  # ties: first pushed, first due (and never compare conns)
-        self._compact_at = 1024
+        self._dead = 0  # entries whose connection has been freed (counted by their weak references)
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -72,22 +73,26 @@ class Lifetime:
         self._push(due, _RECHECK, conn)
 
     def _push(self, due: float, kind: int, conn: Watched) -> None:
-        heap = self._heap
-        if len(heap) >= self._compact_at:
+        if self._dead > COMPACT_MIN and self._dead * 2 > len(self._heap):
             self.compact()
+        heap = self._heap
         earliest = heap[0][0] if heap else math.inf
-        heapq.heappush(heap, (due, next(self._order), kind, weakref.ref(conn)))
+        heapq.heappush(heap, (due, next(self._order), kind, weakref.ref(conn, self._died)))
         if self._task is None:
             self._wake = asyncio.Event()
             self._task = asyncio.get_running_loop().create_task(self._run())
         elif due < earliest and self._wake is not None:
             self._wake.set()
 
+    def _died(self, _ref: weakref.ref[Watched]) -> None:
+        self._dead += 1  # only counted: called wherever a connection happens to be freed
+
     def compact(self) -> None:
-        """Drop the entries of closed connections (amortised: the heap at most doubles between)."""
+        """Drop the entries of closed connections: done once they are half the heap, so a
+        reconnect storm leaves at most as many dead entries as live ones (amortised O(1) each)."""
         self._heap = [entry for entry in self._heap if _open(entry[3])]
         heapq.heapify(self._heap)
-        self._compact_at = max(1024, 2 * len(self._heap))
+        self._dead = 0
 
     async def _run(self) -> None:
         assert self._wake is not None
@@ -120,6 +125,8 @@ class Lifetime:
             due, _, kind, ref = heapq.heappop(heap)
             conn = ref()
             if conn is None or conn.closed:
+                if conn is None:
+                    self._dead = max(0, self._dead - 1)
                 continue
             identity = conn.identity
             if kind == _EXPIRY:

@@ -80,7 +80,6 @@ class LeanSocket(AsyncSocket):  # type: ignore[misc]
     backlog_bytes: int
     connection: Any  # the Socket.IO connection on this socket, while there is one
     ping_mark: str | None  # the hub's position when the unanswered ping was written
-    ping_round: int
     acked: str | None  # the mark of the last ping the client answered
     peer_close_code: int | None  # the close code of a WebSocket the client closed
 
@@ -92,7 +91,6 @@ class LeanSocket(AsyncSocket):  # type: ignore[misc]
         self.backlog_bytes = 0
         self.connection = None
         self.ping_mark = self.acked = None
-        self.ping_round = 0  # which scheduled ping is this socket's next (``PingScheduler``)
         self.peer_close_code = None
 
     # python-engineio's queue of packets for the client, made when needed: a WebSocket client
@@ -223,10 +221,11 @@ class LeanSocket(AsyncSocket):  # type: ignore[misc]
             if self.ping_mark is not None:
                 self.acked = self.ping_mark  # the PONG came after everything before the PING
             self.last_ping = None
-            self.server.pings.add(self)
+            self.server.pings.answered(self)
 
     async def close(self, wait: bool = True, abort: bool = False, reason: Any = None) -> None:
         # SEAM: engineio.AsyncSocket.close
+        self.server.pings.forget(self)
         await super().close(wait=False, abort=abort, reason=reason)
         if self.ws is not None:
             self.ws.close(CLOSE_NORMAL)  # after the CLOSE packet, if one was sent
@@ -379,35 +378,41 @@ class PingScheduler:
         self, interval: float, timeout: float, position: Callable[[LeanSocket], str | None] = lambda _: None
     ) -> None:
         self.position = position
-        self._pings: FixedDelay[tuple[LeanSocket, int]] = FixedDelay(interval, self._ping)
-        self._deadlines: FixedDelay[tuple[LeanSocket, float]] = FixedDelay(timeout, self._check)
+        # Both keyed by socket: a socket's next ping, and the deadline of its unanswered one.
+        # ``forget`` drops both when it closes (``LeanSocket.close``).
+        self._pings: FixedDelay[LeanSocket] = FixedDelay(interval, self._send_ping)
+        self._deadlines: FixedDelay[LeanSocket] = FixedDelay(timeout, self._check)
 
     def add(self, socket: LeanSocket) -> None:
-        socket.ping_round += 1
-        self._pings.add((socket, socket.ping_round))
+        self._pings.add(socket)
+
+    def answered(self, socket: LeanSocket) -> None:
+        """Its PONG came: no deadline now, the next ping in ``interval``."""
+        self._deadlines.discard(socket)
+        self._pings.add(socket)
+
+    def forget(self, socket: LeanSocket) -> None:
+        self._pings.discard(socket)
+        self._deadlines.discard(socket)
 
     async def ping_now(self, socket: LeanSocket) -> None:
         """Ping out of turn, when no ping is awaiting its PONG: the cycle goes on from this one
         (the ping already scheduled is dropped), so a client is never pinged twice per cycle."""
         if socket.last_ping is None:
-            socket.ping_round += 1
-            await self._send_ping(socket)
-
-    async def _ping(self, entry: tuple[LeanSocket, int]) -> None:
-        socket, ping_round = entry
-        if ping_round == socket.ping_round:  # else superseded by ``ping_now``
+            self._pings.discard(socket)
             await self._send_ping(socket)
 
     async def _send_ping(self, socket: LeanSocket) -> None:
         if not socket.closing and not socket.closed:
             socket.ping_mark = self.position(socket)
-            socket.last_ping = sent = time.time()
+            socket.last_ping = time.time()
             await socket.send(eio_packet.Packet(eio_packet.PING))
-            self._deadlines.add((socket, sent))
+            self._deadlines.add(socket)  # the deadline of this ping: one cycle at a time
 
-    async def _check(self, entry: tuple[LeanSocket, float]) -> None:
-        socket, sent = entry
-        if socket.last_ping == sent and not socket.closing and not socket.closed:
+    async def _check(self, socket: LeanSocket) -> None:
+        # Due ``timeout`` after the socket's latest ping: unanswered if ``last_ping`` is still set
+        # (a PONG clears it, ``schedule_ping``).
+        if socket.last_ping is not None and not socket.closing and not socket.closed:
             log.info("socket.io client did not answer a ping: closed", extra={"sid": socket.sid})
             await socket.close(wait=False, abort=True, reason=socket.server.reason.PING_TIMEOUT)
 

@@ -46,16 +46,23 @@ class _Socket(WebSocketProtocol):
 
     def __init__(self, connection: WebSocketConnection, settings: WebSocketSettings, deflate: bool) -> None:
         super().__init__(settings.max_message_bytes, deflate, settings.send_buffer_bytes)
-        self.connection = connection
+        self.connection: WebSocketConnection | None = connection  # None once closed
 
     def on_overflow(self) -> None:
-        self.connection.overflowed()
+        if self.connection is not None:
+            self.connection.overflowed()
 
     def on_message(self, data: str | bytes) -> None:
-        self.connection.received(data)
+        if self.connection is not None:
+            self.connection.received(data)
 
     def on_closed(self, code: int) -> None:
-        self.connection.gone(code)
+        # The last call (``connection_lost``): dropping the connection breaks the cycle between
+        # the two, so both are freed at once by their reference counts, not by the collector's
+        # next full pass (thousands of closed connections held meanwhile, after a deploy).
+        connection, self.connection = self.connection, None
+        if connection is not None:
+            connection.gone(code)
 
 
 # A client that sent no id (the hook) is resumed from its last confirmed position (contract §7):

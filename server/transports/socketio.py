@@ -228,6 +228,8 @@ class RealtimeServer(socketio.AsyncServer):  # type: ignore[misc]
         # SEAM: socketio.AsyncServer._handle_connect: its CONNECT reply is written when it returns.
         await super()._handle_connect(eio_sid, namespace, data)
         sid = self.manager.sid_from_eio_sid(eio_sid, namespace or NAMESPACE)
+        if sid is not None:
+            self.connect_deadlines.discard(eio_sid)  # connected in time: nothing more to check
         pending = self.pending.pop(sid, None) if sid else None
         if pending is not None:
             conn, resume = pending
@@ -324,6 +326,10 @@ class SocketIOEndpoint:
             # A client that stops answering pings is dropped (and resumed when it returns) within
             # heartbeat + timeout, as on plain WS (see eio.PingScheduler).
             ping_timeout=min(ws.heartbeat_timeout_seconds, ws.heartbeat_seconds),
+            # No python-engineio service task: the PingScheduler times out silent clients, and a
+            # closed socket leaves ``sockets`` as it closes. That task walks a copy of every socket
+            # across a ping timeout, holding closed ones (thousands after a reconnect storm).
+            monitor_clients=False,
             max_http_buffer_size=ws.max_message_bytes,
             http_compression=False,
             json=packet_json,  # the same values as python-socketio's default JSON, a fifth of its cost
