@@ -66,6 +66,9 @@ class Credentials:
 class Authenticator:
     def __init__(self, settings: AuthSettings, allowed_origins: tuple[str, ...]) -> None:
         self.settings = settings
+        # Each role's one string: an identity keeps it, not the copy its token or session gave
+        # (kept after the connection by its resume point: thousands after a reconnect storm).
+        self._roles = {role: role for role in (*settings.roles, settings.default_role)}
         self.allowed_origins = frozenset(origin.rstrip("/") for origin in allowed_origins)
         self.sessions: SessionVerifier | None = None
         if settings.session_url:
@@ -117,9 +120,8 @@ class Authenticator:
         if headers.empty:
             raise AuthError("unauthorized", "a token or a session is required")
         answer = await self.sessions.lookup(headers)
-        identity = Identity(
-            answer.user_id, answer.role or self.settings.default_role, answer.stores, None, headers
-        )
+        role = self._role(answer.role or self.settings.default_role)
+        identity = Identity(answer.user_id, role, answer.stores, None, headers)
         self._check_match(credentials, identity, "the session")
         return self._allowed(identity)
 
@@ -143,7 +145,8 @@ class Authenticator:
         elif self.settings.insecure:
             if not credentials.user_id:
                 raise AuthError("bad_request", "userId is required")
-            identity = Identity(credentials.user_id, credentials.role or self.settings.default_role)
+            role = self._role(credentials.role or self.settings.default_role)
+            identity = Identity(credentials.user_id, role)
         else:
             raise AuthError("unauthorized", "a token is required")
         return self._allowed(identity)
@@ -217,4 +220,7 @@ class Authenticator:
             raise AuthError("unauthorized", "the token's stores claim must be a list of store ids")
         exp = claims.get("exp")
         expires_at = float(exp) if isinstance(exp, int | float) and not isinstance(exp, bool) else None
-        return Identity(user_id, role, tuple(dict.fromkeys(stores)), expires_at)
+        return Identity(user_id, self._role(role), tuple(dict.fromkeys(stores)), expires_at)
+
+    def _role(self, role: str) -> str:
+        return self._roles.get(role, role)
