@@ -30,6 +30,7 @@ NODE = web.AppKey("node", Node)
 SETTINGS = web.AppKey("settings", Settings)
 SIO = web.AppKey("sio", SocketIOEndpoint)
 AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
+WEBSOCKET = web.AppKey("websocket", WebSocketEndpoint)
 
 
 def make_backplane(settings: Settings, metrics: Metrics) -> Backplane:
@@ -62,6 +63,7 @@ def create_app(settings: Settings) -> web.Application:
 
     websocket = WebSocketEndpoint(node, authenticator, settings.websocket)
     app.router.add_get("/api/ws", websocket.handle)
+    app[WEBSOCKET] = websocket
     sio = SocketIOEndpoint(node, authenticator, settings)
     sio.attach(app)
     app[SIO] = sio

@@ -103,6 +103,7 @@ class WebSocketSettings:
     connect_timeout_seconds: float = 45.0
     max_connections: int = 50_000
     max_connections_per_user: int = 20
+    max_connecting: int = 64  # connects admitted at once; the rest wait their turn (transports/gate.py)
     max_queued_packets: int = 10_000
 
 
@@ -223,6 +224,7 @@ class _WebSocketSchema(_Section):
     connect_timeout_seconds = fields.Float(validate=_positive)
     max_connections = fields.Integer(validate=_positive)
     max_connections_per_user = fields.Integer(validate=_positive)
+    max_connecting = fields.Integer(validate=_positive)
     max_queued_packets = fields.Integer(validate=_positive)
 
     @post_load

@@ -55,6 +55,27 @@ async def test_a_frozen_redis_times_out_and_no_late_reply_is_taken_for_a_new_com
     conn.close()
 
 
+async def test_each_command_times_out_on_its_own_deadline_with_one_timer_per_connection(
+    redis: RedisServer,
+) -> None:
+    """One timer watches the oldest command in flight: a command sent long after the first (the
+    timer then armed for an answered command) still times out ``timeout`` after it was sent."""
+    conn = connection(redis.url, timeout=0.3)
+    for _ in range(6):  # 0.6 s of answered commands: the timer has fired and been re-armed
+        assert await conn.call("PING") == b"PONG"
+        await asyncio.sleep(0.1)
+    redis.pause()
+    try:
+        started = time.monotonic()
+        with pytest.raises(ReplyLost):
+            await conn.call("PING")
+        assert 0.25 <= time.monotonic() - started < 1.0
+    finally:
+        redis.resume()
+    assert await conn.call("ECHO", "after") == b"after"
+    conn.close()
+
+
 async def test_publishing_carries_on_after_redis_drops_the_connections(
     start_server: StartServer, redis: RedisServer
 ) -> None:

@@ -37,6 +37,11 @@ class _Protocol(asyncio.Protocol):
         self.loop = asyncio.get_running_loop()
         self.parser = hiredis.Reader(replyError=ResponseError, notEnoughData=_MORE)
         self.waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
+        # Each waiting command's deadline (loop time). One timer per connection watches the
+        # oldest, not one per command: a timer is three objects (~500 bytes while it waits, a
+        # reconnect storm's thousands of commands in flight) and costs a schedule and a cancel.
+        self.deadlines: collections.deque[float] = collections.deque()
+        self._watchdog: asyncio.TimerHandle | None = None
         self.transport: asyncio.Transport | None = None
         self.closed = False
 
@@ -50,14 +55,38 @@ class _Protocol(asyncio.Protocol):
                 self.fail(ConnectionError("unexpected reply from Redis"))
                 return
             waiter = self.waiting.popleft()
+            self.deadlines.popleft()
             if not waiter.done():
                 waiter.set_result(reply)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.fail(ConnectionError(f"Redis closed the connection ({exc or 'EOF'})"))
 
+    def expect(self, waiter: asyncio.Future[Any], seconds: float) -> None:
+        """``waiter`` gets the next reply, or a ``TimeoutError`` ``seconds`` from now."""
+        deadline = self.loop.time() + seconds
+        self.waiting.append(waiter)
+        self.deadlines.append(deadline)
+        if self._watchdog is None:
+            self._watchdog = self.loop.call_at(deadline, self._watch)
+
+    def _watch(self) -> None:
+        # Replies come in order, so the oldest command is the one to time out first (a later one
+        # with a shorter deadline, only a connection's set-up, waits for it: never sooner).
+        self._watchdog = None
+        if not self.deadlines:
+            return
+        if self.deadlines[0] <= self.loop.time():
+            _expire(self.waiting[0])  # its caller fails the connection, and every command on it
+        else:
+            self._watchdog = self.loop.call_at(self.deadlines[0], self._watch)
+
     def fail(self, error: Exception) -> None:
         self.closed = True
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+        self.deadlines.clear()
         if self.transport is not None:
             self.transport.abort()
         while self.waiting:
@@ -97,12 +126,10 @@ class RespConnection:
     @staticmethod
     async def _send(protocol: _Protocol, args: tuple[str | bytes | int | float, ...], seconds: float) -> Any:
         waiter = protocol.loop.create_future()
-        protocol.waiting.append(waiter)
+        protocol.expect(waiter, seconds)
         assert protocol.transport is not None
         # hiredis's stub types ``args`` as a 1-tuple; it packs any length.
         protocol.transport.write(hiredis.pack_command(args))  # type: ignore[arg-type]
-        # One timer handle, not asyncio.timeout (a context object, current_task, two loop lookups).
-        timer = protocol.loop.call_later(seconds, _expire, waiter)
         try:
             reply = await waiter
         except BaseException as exc:
@@ -111,8 +138,6 @@ class RespConnection:
             if isinstance(exc, ConnectionError | TimeoutError):
                 raise ReplyLost(f"no reply from Redis ({exc})") from exc
             raise
-        finally:
-            timer.cancel()
         if isinstance(reply, ResponseError):
             raise reply
         return reply

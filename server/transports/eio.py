@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from engineio import packet as eio_packet
@@ -28,6 +29,7 @@ from engineio.payload import Payload
 
 from server.background import FixedDelay, spawn
 from server.events import SIO_FRAME, SIO_FRAME_DEFLATED, Event, joined
+from server.transports.gate import ConnectGate
 from server.transports.websocket import (
     CLOSE_NORMAL,
     CLOSE_PROTOCOL_ERROR,
@@ -254,11 +256,14 @@ class LeanSocket(AsyncSocket):  # type: ignore[misc]
 class EngineWebSocket(WebSocketProtocol):
     """The WebSocket under a ``LeanSocket``: a direct connection, or an upgrade from polling."""
 
-    __slots__ = ("socket", "state")
+    __slots__ = ("held", "socket", "state")
 
     def __init__(self, socket: LeanSocket, max_message_bytes: int, deflate: bool, send_limit: int) -> None:
         super().__init__(max_message_bytes, deflate, send_limit)
         self.socket = socket
+        # While its Socket.IO CONNECT waits its turn (``ConnectGate``): what the client sent
+        # behind it, in order, and its socket's reading paused.
+        self.held: list[str | bytes] | None = None
         # "open"; or, upgrading from long-polling: "probe" (waiting for ping "probe"), then
         # "upgrade" (waiting for the UPGRADE packet).
         self.state = "probe" if socket.connected else "open"
@@ -275,9 +280,18 @@ class EngineWebSocket(WebSocketProtocol):
 
     def on_message(self, data: str | bytes) -> None:
         socket = self.socket
+        if self.held is not None:
+            self.held.append(data)
+            return
         if self.state == "open" and type(data) is str and data[:1] == "4" and data[1:2].isnumeric():
             # A Socket.IO packet (it starts with its type's digit): python-engineio's decoding
             # would keep its text as it is, after raising and catching a ValueError to get there.
+            if data[1] == "0" and socket.connection is None:  # a CONNECT: admitted in turn
+                self.held = []
+                if self.transport is not None:
+                    self.transport.pause_reading()
+                socket.server.gate.enter(functools.partial(self._connect, data))
+                return
             spawn(socket.receive(eio_packet.Packet(eio_packet.MESSAGE, data=data[1:])))
             return
         try:
@@ -307,6 +321,19 @@ class EngineWebSocket(WebSocketProtocol):
         else:
             self._refuse_upgrade()
 
+    def _connect(self, data: str) -> None:
+        """Its CONNECT's turn (``ConnectGate``): run it, then what came behind it."""
+        gate = self.socket.server.gate
+        held, self.held = self.held or [], None
+        if self.transport is None:  # it left while waiting
+            gate.leave()
+            return
+        spawn(_admitted(self.socket.receive(eio_packet.Packet(eio_packet.MESSAGE, data=data[1:])), gate))
+        for message in held:
+            self.on_message(message)  # another CONNECT among them waits its turn again
+        if self.held is None and self.transport is not None:
+            self.transport.resume_reading()
+
     def _refuse_upgrade(self) -> None:
         """The client did not complete the upgrade: it stays on long-polling."""
         self.socket.upgrading = False
@@ -324,6 +351,13 @@ class EngineWebSocket(WebSocketProtocol):
             socket.upgrading = False
         elif not socket.closed:
             spawn(socket.close(wait=False, abort=True, reason=socket.server.reason.TRANSPORT_CLOSE))
+
+
+async def _admitted(connect: Coroutine[Any, Any, Any], gate: ConnectGate) -> None:
+    try:
+        await connect
+    finally:
+        gate.leave()
 
 
 class WebSocketDriver:

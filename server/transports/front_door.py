@@ -305,12 +305,14 @@ class FrontDoor(asyncio.Protocol):
         except NotOurs:
             self._hand_over()
 
-    def _start(self, coroutine: Any) -> None:
+    def _start(self, coroutine: Any, done: Callable[[], None] | None = None) -> None:
         self._busy = True
         task = self._loop.create_task(coroutine)
         answering = self._server.answering
         answering.add(task)
         task.add_done_callback(answering.discard)
+        if done is not None:
+            task.add_done_callback(lambda _: done())
 
     def _post(self, buffer: bytearray) -> None:
         post = self._post_head
@@ -377,9 +379,17 @@ class FrontDoor(asyncio.Protocol):
         line, end, headers, response, deflate = request
         query = URL.build(path="/api/ws", query_string=(line.group(1) or b"").decode("ascii"), encoded=True)
         del buffer[:end]  # what a client sends before our 101 is passed on
-        self._start(
-            self._take_upgrade(DoorUpgrade(self, headers, query.query, headers["Host"]), response, deflate)
-        )
+        upgrade = DoorUpgrade(self, headers, query.query, headers["Host"])
+        gate = websocket.gate
+        self._busy = True  # while it waits its turn, what it sends next waits in the buffer
+
+        def start() -> None:
+            if self._transport is None:  # it left while waiting
+                gate.leave()
+                return
+            self._start(self._take_upgrade(upgrade, response, deflate), gate.leave)
+
+        gate.enter(start)
 
     def _engine_upgrade(self, buffer: bytearray) -> None:
         """A new Engine.IO session on WebSocket (``EIO=4&transport=websocket``, no ``sid``, no
@@ -423,11 +433,14 @@ class FrontDoor(asyncio.Protocol):
 
     async def _take_upgrade(self, upgrade: DoorUpgrade, response: bytes, deflate: bool) -> None:
         try:
-            await self._server.websocket.upgrade(upgrade, response, deflate)
+            opening = await self._server.websocket.upgrade(upgrade, response, deflate)
         except Exception:
             log.exception("websocket upgrade failed")
+            opening = None
         if self._transport is not None:  # not taken: the client left, or it failed
             self._transport.close()
+        if opening is not None:
+            await opening  # its greeting: the connect is done (``ConnectGate``) when it is
 
     async def _answer(self, authorization: str, content_type: str, key: str | None, body: bytes) -> None:
         try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from typing import Any
 
 import orjson
@@ -17,6 +17,7 @@ from server.events import WS_FRAME, WS_FRAME_DEFLATED, Event, joined
 from server.hub import CLOSE_RATE_LIMITED, CLOSE_SLOW_CONSUMER, Connection
 from server.identity.auth import Authenticator, AuthError, Credentials, Identity
 from server.node import Node
+from server.transports.gate import ConnectGate
 from server.transports.websocket import (
     CLOSE_ABNORMAL,
     CLOSE_INTERNAL_ERROR,
@@ -146,6 +147,7 @@ class WebSocketEndpoint:
         self.node = node
         self.authenticator = authenticator
         self.settings = settings
+        self.gate = ConnectGate(settings.max_connecting)  # upgrades the front door takes
         self.heartbeat = Heartbeat(
             settings.heartbeat_seconds, settings.heartbeat_timeout_seconds, lambda: node.hub.position
         )
@@ -153,12 +155,19 @@ class WebSocketEndpoint:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """``GET /api/ws`` as an aiohttp route: the requests the front door left to aiohttp."""
         response, deflate = handshake(request.headers, self.settings.compression)  # or 400
-        await self.upgrade(AiohttpUpgrade(request), response, deflate)
+        opening = await self.upgrade(AiohttpUpgrade(request), response, deflate)
+        if opening is not None:
+            # The socket is ours now, no longer the request's: aiohttp may cancel this handler
+            # once it believes the connection gone (its test server does), so the greeting runs apart.
+            spawn(opening)
         return TakenOver()
 
-    async def upgrade(self, request: Upgrade, response: bytes, deflate: bool) -> None:
+    async def upgrade(
+        self, request: Upgrade, response: bytes, deflate: bool
+    ) -> Coroutine[Any, Any, None] | None:
         """An upgrade whose handshake is good (``response`` is its ``101``): admit the client, or
-        refuse it with a close frame after the ``101``, and take the socket."""
+        refuse it with a close frame after the ``101``, and take the socket. Returns the greeting
+        still to run (``None`` if refused), for the caller to await or to run apart."""
         try:
             # Awaits only for a session lookup (a token is verified without yielding); the
             # upgrade waits for it, and a refusal is still a close frame after the upgrade.
@@ -167,22 +176,20 @@ class WebSocketEndpoint:
             log.info("websocket refused", extra={"reason": exc.message, "code": exc.close_code})
             self.node.metrics.refused(WebSocketConnection.transport, exc.kind)
             if _gone(request):
-                return
+                return None
             socket = WebSocketProtocol(self.settings.max_message_bytes)
             take_over(request, response, socket, hold=True)
             socket.close(exc.close_code, exc.message)  # the 101 and the close frame: one write
-            return
+            return None
         if _gone(request):
-            return  # the client left during its session lookup: nothing to upgrade
+            return None  # the client left during its session lookup: nothing to upgrade
         conn = WebSocketConnection(self, identity, deflate)
         socket = conn.socket
         early = take_over(request, response, socket, hold=True)  # sent with the ``connected`` frame
         assert socket.transport is not None
         # Nothing the client sends is answered before its ``connected`` frame.
         socket.transport.pause_reading()
-        # The socket is ours now, no longer the request's: aiohttp may cancel this handler once
-        # it believes the connection gone (its test server does), so the greeting runs apart.
-        spawn(self._open(conn, rooms, request.query.get("lastEventId"), early))
+        return self._open(conn, rooms, request.query.get("lastEventId"), early)
 
     async def _open(
         self, conn: WebSocketConnection, rooms: list[str], last_event_id: str | None, early: bytes

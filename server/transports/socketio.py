@@ -26,7 +26,7 @@ from socketio import packet as sio_packet
 from handlers.subscriptions import SubscriptionError, base_rooms, store_rooms, valid_id, viewed_stores
 from server.background import FixedDelay, spawn
 from server.backplane.base import BackplaneUnavailable
-from server.config import Settings
+from server.config import Settings, WebSocketSettings
 from server.events import Event
 from server.hub import (
     CLOSE_KICKED,
@@ -39,6 +39,7 @@ from server.identity.auth import Authenticator, AuthError, Credentials, Identity
 from server.identity.errors import CLOSE_CODES
 from server.node import Node, Resume
 from server.transports import eio, packet_json
+from server.transports.gate import ConnectGate
 from server.transports.plain_ws import bearer_token
 from server.transports.sio_manager import HubManager
 from server.transports.websocket import CLOSE_NORMAL, CLOSE_PROTOCOL_ERROR
@@ -85,6 +86,8 @@ class RealtimeEngine(engineio.AsyncServer):  # type: ignore[misc]
             translate_request=lambda request: request if isinstance(request, dict) else translate(request),
         )
         self.pings = eio.PingScheduler(self.ping_interval, self.ping_timeout)
+        # Socket.IO CONNECTs on WebSocket admitted at once (websocket.max_connecting, set by the endpoint).
+        self.gate = ConnectGate(WebSocketSettings.max_connecting)
         self.max_queued_packets = eio.MAX_QUEUED_PACKETS  # per polling client (websocket.max_queued_packets)
 
     async def handle_request(self, request: web.Request) -> web.StreamResponse:
@@ -346,6 +349,7 @@ class SocketIOEndpoint:
         self.server.on("refresh", self.on_refresh)
         self.server.on("*", self.on_other)
         self.server.eio.pings.position = self._ping_position
+        self.server.eio.gate = ConnectGate(ws.max_connecting)
 
     def _ping_position(self, socket: eio.LeanSocket) -> str | None:
         """What a ping marks: the hub's position, unless the client's replay is still under way."""
