@@ -27,6 +27,7 @@ from server.backplane.base import (
 from server.config import HistorySettings
 from server.events import Event, EventId, OutgoingEvent, format_event_id
 
+SWEEP_SECONDS = 60.0
 Point = tuple[str, float]  # a resume point: (event id, when saved)
 
 
@@ -66,6 +67,7 @@ class MemoryBackplane(Backplane):
         self._on_command: CommandSink | None = None
         self._report: Callable[[], NodeReport] | None = None
         self._running = False
+        self._sweep_at = time.monotonic() + SWEEP_SECONDS
 
     async def start(
         self, on_event: EventSink, on_command: CommandSink, report: Callable[[], NodeReport]
@@ -126,10 +128,15 @@ class MemoryBackplane(Backplane):
         events = self._events
         while events and (len(events) > settings.max_events or events[0][0] < oldest_allowed):
             self._floor = events.popleft()[1].sort_key
-        if max(len(self._idempotency), len(self._sessions), len(self._versions), len(self._resume)) > 100_000:
+        if now >= self._sweep_at:
             self._expire(now)
 
     def _expire(self, now: float) -> None:
+        """Forget what has expired, once a minute (on a publish or a history read): each table
+        holds at most what a minute and its time to live add, and a busy process reuses that
+        memory rather than growing (it once waited for 100,000 entries in one of them)."""
+        self._sweep_at = now + SWEEP_SECONDS
+
         self._idempotency = {k: v for k, v in self._idempotency.items() if v[0] > now}
         self._sessions = {k: v for k, v in self._sessions.items() if v[0] > now}
         self._versions = {k: v for k, v in self._versions.items() if v[0] > now}
