@@ -1,8 +1,8 @@
 """Memory after churn (issue 16, part 3): 2,000 connections of both transports come and go, and a
 real server process's RSS (/proc/PID/status VmRSS) comes back near its baseline.
 
-The bound is generous (25 %): Python's allocator keeps some freed memory for reuse, so RSS does
-not fall back to the byte; a leak of a few KiB per connection still fails it. The full measure,
+The bound is the issue's (10 %): Python's allocator keeps some freed memory for reuse, so RSS does
+not fall back to the byte; a leak of a few KiB per connection fails it. The full measure,
 5,000 connections with the figures printed, is bench/churn_rss.py.
 """
 
@@ -115,4 +115,6 @@ async def test_rss_comes_back_near_its_baseline_after_2000_connections_come_and_
             after = rss_kib(server)
     print(f"RSS before {before} KiB, peak between waves {peak} KiB, after {after} KiB")
     assert peak > before  # the connections did take memory: the measure can see it
-    assert after <= before * 1.25, (before, peak, after)
+    # The issue's bound (within 10 %): measured +3.9-4.0 % here (2026-11-27; +8.1-8.6 % before
+    # closed connections were freed at once and connects were gated).
+    assert after <= before * 1.10, (before, peak, after)
