@@ -6,6 +6,7 @@ that leaves while waiting gives its turn back."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import orjson
@@ -90,12 +91,7 @@ async def test_a_plain_websocket_client_that_leaves_while_waiting_gives_its_turn
         "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
         "Sec-WebSocket-Version: 13\r\n\r\n".encode()
     )
-    await eventually(lambda: _waiting(gate, 1))
-    writer.close()
-    await asyncio.sleep(0.2)
-    release(gate)
-    await eventually(lambda: _idle(gate))
-    assert not live.node.hub.connections
+    await leaves_while_waiting(live, gate, writer.close)
     # The next client is served at once.
     ws = await raw_connect(live, f"/api/ws?token={make_token('u2')}")
     assert (await ws.message())["type"] == "connected"
@@ -130,15 +126,21 @@ async def test_a_socketio_client_that_leaves_while_waiting_gives_its_turn_back(l
     ws = await sio_raw(live)
     occupy(gate)
     ws.send(client_frame(TEXT, b"40" + orjson.dumps({"token": make_token("u1")})))
+    await leaves_while_waiting(live, gate, ws.close)
+    client = await live.sio({"token": make_token("u2")})
+    assert client.client.connected
+    await client.close()
+
+
+async def leaves_while_waiting(live: Live, gate: ConnectGate, hang_up: Callable[[], None]) -> None:
+    """The client waiting its turn hangs up; once the slots free, its turn is given back and
+    nothing of it is left."""
     await eventually(lambda: _waiting(gate, 1))
-    ws.close()
+    hang_up()
     await asyncio.sleep(0.2)
     release(gate)
     await eventually(lambda: _idle(gate))
     assert not live.node.hub.connections
-    client = await live.sio({"token": make_token("u2")})
-    assert client.client.connected
-    await client.close()
 
 
 async def _idle(gate: ConnectGate) -> bool:

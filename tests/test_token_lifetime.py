@@ -208,28 +208,10 @@ async def test_dead_entries_never_outnumber_live_ones_for_long() -> None:
         lifetime.stop()
 
 
-async def test_a_closed_connection_is_freed_before_its_token_expires(live: Live) -> None:
-    """The schedule refers to connections weakly: a closed one is not kept for its token's hour
-    (bench/churn_rss.py found up to 2,000 closed connections held by it)."""
-    ws, _ = await live.ws_ready(token=make_token("u1"))
-    client = await live.sio({"token": make_token("u2")})
-    refs = [weakref.ref(conn) for conn in live.node.hub.connections]
-    assert len(refs) == 2
-    await ws.close()
-    await client.close()
-
-    async def all_gone() -> bool:
-        return not live.node.hub.connections
-
-    await eventually(all_gone)
-    await asyncio.sleep(0.1)  # the transports' last callbacks run
-    gc.collect()
-    assert [ref() for ref in refs] == [None, None]
-
-
 async def test_a_closed_connection_is_freed_at_once_not_by_the_collector(live: Live) -> None:
-    """Nothing keeps a closed connection: not a cycle left for the collector's next full pass, nor
-    a scheduled ping. After a deploy's reconnect storm, thousands would be held meanwhile
+    """Nothing keeps a closed connection: not the lifetime schedule until its token's expiry (it
+    refers to connections weakly), not a cycle left for the collector's next full pass, nor a
+    scheduled ping. After a deploy's reconnect storm, thousands would be held meanwhile
     (bench/churn_rss.py: the peak RSS, which the process never gives back)."""
     ws, _ = await live.ws_ready(token=make_token("u1"))
     client = await live.sio({"token": make_token("u2")})
