@@ -417,11 +417,8 @@ class PingScheduler:
         self._pings: FixedDelay[LeanSocket] = FixedDelay(interval, self._send_ping)
         self._deadlines: FixedDelay[LeanSocket] = FixedDelay(timeout, self._check)
 
-    def add(self, socket: LeanSocket) -> None:
-        self._pings.add(socket)
-
     def answered(self, socket: LeanSocket) -> None:
-        """Its PONG came: no deadline now, the next ping in ``interval``."""
+        """Its PONG came (or it has just connected): no deadline now, the next ping in ``interval``."""
         self._deadlines.discard(socket)
         self._pings.add(socket)
 
