@@ -53,9 +53,6 @@ class FixedDelay(Generic[T]):
     def __len__(self) -> int:
         return len(self._due)
 
-    def __contains__(self, item: object) -> bool:
-        return item in self._due
-
     async def _run(self) -> None:
         due = self._due
         try:

@@ -124,6 +124,9 @@ CASES: dict[str, Case] = {
     "negative heartbeat": Case(
         file="websocket: {heartbeat_seconds: -1}\n", expect=("websocket.heartbeat_seconds", "greater than 0")
     ),
+    "no connect admitted": Case(
+        file="websocket: {max_connecting: 0}\n", expect=("websocket.max_connecting", "greater than 0")
+    ),
     "section not a mapping": Case(file="auth: yes\n", expect=("auth",)),
     "default role not allowed": Case(file="auth: {default_role: boss}\n", expect=("auth.default_role",)),
     "missing CONFIG_FILE": Case(

@@ -55,10 +55,9 @@ class MemoryBackplane(Backplane):
         self._events: deque[tuple[float, Event]] = deque()
         self._idempotency: dict[str, tuple[float, str]] = {}
         self._versions: dict[str, tuple[float, int]] = {}  # version key -> (expiry, last accepted)
-        # "user role" -> (event id, when saved), or a list of them: one per ended connection, each
-        # used once. One string and one tuple for the usual single point: thousands are kept
-        # after a reconnect storm, for the resume window.
-        self._resume: dict[str, Point | list[Point]] = {}
+        # "user role" -> [(event id, when saved)]: one per ended connection, each used once. A
+        # string key, not a (user, role) tuple: thousands are kept after a reconnect storm.
+        self._resume: dict[str, list[Point]] = {}
         # pid -> (expiry, its state as JSON text): one small object per session, not a dict of
         # lists of strings. Text, not orjson's bytes: those are shrunk in place from a 4 KiB
         # buffer, and each kept one pins a hole in the heap (measured: +9 MiB for 2,500).
@@ -141,7 +140,7 @@ class MemoryBackplane(Backplane):
         self._sessions = {k: v for k, v in self._sessions.items() if v[0] > now}
         self._versions = {k: v for k, v in self._versions.items() if v[0] > now}
         for who in list(self._resume):
-            self._keep(who, self._resume_points(who, now))
+            self._resume_points(who, now)
 
     async def history(self, after: str, rooms: Collection[str]) -> tuple[list[Event], EventId]:
         after_id = parse_after(after)
@@ -157,37 +156,32 @@ class MemoryBackplane(Backplane):
         who = _who(user_id, role)
         points = self._resume_points(who, time.monotonic())
         point = take_resume_point(points)
-        self._keep(who, points)
+        if not points:
+            self._resume.pop(who, None)
         return self._position, point
 
     def _resume_points(self, who: str, now: float) -> list[Point]:
-        """The points of ``who`` saved within the window (older ones are left out)."""
-        saved = self._resume.get(who)
-        if saved is None:
+        """The points of ``who`` saved within the window (older ones are forgotten)."""
+        points = self._resume.get(who)
+        if points is None:
             return []
         since = now - self.history_settings.resume_window_seconds
-        return [point for point in (saved if isinstance(saved, list) else (saved,)) if point[1] > since]
-
-    def _keep(self, who: str, points: list[Point]) -> None:
+        points[:] = [point for point in points if point[1] > since]
         if not points:
-            self._resume.pop(who, None)
-        else:
-            self._resume[who] = points[0] if len(points) == 1 else points
+            del self._resume[who]
+        return points
 
     async def save_resume_points(self, points: Sequence[ResumePoint]) -> None:
         if self.history_settings.resume_window_seconds <= 0:
             return
         now = time.monotonic()
         for user_id, role, position in points:
-            who = _who(user_id, role)
-            saved = self._resume.get(who)
+            saved = self._resume.get(who := _who(user_id, role))
             if saved is None:
-                self._resume[who] = (position, now)
-                continue
-            kept = saved if isinstance(saved, list) else [saved]
-            kept.append((position, now))
-            del kept[:-MAX_RESUME_POINTS]
-            self._resume[who] = kept
+                self._resume[who] = [(position, now)]  # sized to its one point
+            else:
+                saved.append((position, now))
+                del saved[:-MAX_RESUME_POINTS]
 
     async def save_leases(self, points: Sequence[ResumePoint], only_new: bool) -> None:
         """One process: nobody else could take its clients over."""

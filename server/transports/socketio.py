@@ -26,7 +26,7 @@ from socketio import packet as sio_packet
 from handlers.subscriptions import SubscriptionError, base_rooms, store_rooms, valid_id, viewed_stores
 from server.background import FixedDelay, spawn
 from server.backplane.base import BackplaneUnavailable
-from server.config import Settings, WebSocketSettings
+from server.config import Settings
 from server.events import Event
 from server.hub import (
     CLOSE_KICKED,
@@ -74,7 +74,7 @@ FINAL_CLOSES = frozenset(
 class RealtimeEngine(engineio.AsyncServer):  # type: ignore[misc]
     """python-engineio with our WebSocket driver and one task for every socket's pings."""
 
-    def __init__(self, compress: bool, send_buffer_bytes: int, **kwargs: Any) -> None:
+    def __init__(self, compress: bool, send_buffer_bytes: int, max_connecting: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.compress = compress
         # SEAM: engineio.AsyncServer._async: its table names the class that serves a WebSocket
@@ -86,8 +86,7 @@ class RealtimeEngine(engineio.AsyncServer):  # type: ignore[misc]
             translate_request=lambda request: request if isinstance(request, dict) else translate(request),
         )
         self.pings = eio.PingScheduler(self.ping_interval, self.ping_timeout)
-        # Socket.IO CONNECTs on WebSocket admitted at once (websocket.max_connecting, set by the endpoint).
-        self.gate = ConnectGate(WebSocketSettings.max_connecting)
+        self.gate = ConnectGate(max_connecting)  # Socket.IO CONNECTs on WebSocket in progress at once
         self.max_queued_packets = eio.MAX_QUEUED_PACKETS  # per polling client (websocket.max_queued_packets)
 
     async def handle_request(self, request: web.Request) -> web.StreamResponse:
@@ -122,9 +121,17 @@ class RealtimeEngine(engineio.AsyncServer):  # type: ignore[misc]
 class RealtimeServer(socketio.AsyncServer):  # type: ignore[misc]
     """python-socketio with one ordered write path per client and connection-state recovery."""
 
-    def __init__(self, send_buffer_bytes: int, compress: bool, connect_timeout: float, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        send_buffer_bytes: int,
+        compress: bool,
+        connect_timeout: float,
+        max_connecting: int,
+        **kwargs: Any,
+    ) -> None:
         self._compress = compress
         self.send_buffer_bytes = send_buffer_bytes
+        self._max_connecting = max_connecting
         super().__init__(**kwargs)
         self.pids: dict[str, str] = {}  # sid -> private session id sent in CONNECT
         self.pending: dict[str, tuple[SocketIOConnection, Resume]] = {}
@@ -133,7 +140,7 @@ class RealtimeServer(socketio.AsyncServer):  # type: ignore[misc]
 
     def _engineio_server_class(self) -> Any:
         # SEAM: socketio.AsyncServer._engineio_server_class: its Engine.IO server is built from this.
-        return functools.partial(RealtimeEngine, self._compress, self.send_buffer_bytes)
+        return functools.partial(RealtimeEngine, self._compress, self.send_buffer_bytes, self._max_connecting)
 
     async def _handle_eio_connect(self, eio_sid: str, environ: dict[str, Any]) -> None:
         # SEAM: socketio.AsyncServer._handle_eio_connect: a new Engine.IO session.
@@ -325,6 +332,7 @@ class SocketIOEndpoint:
             # Every Engine.IO HTTP request's Origin, and the CORS answer, follow our rule.
             cors_allowed_origins=self._origin_allowed,
             connect_timeout=ws.connect_timeout_seconds,
+            max_connecting=ws.max_connecting,
             ping_interval=ws.heartbeat_seconds,
             # A client that stops answering pings is dropped (and resumed when it returns) within
             # heartbeat + timeout, as on plain WS (see eio.PingScheduler).
@@ -349,7 +357,6 @@ class SocketIOEndpoint:
         self.server.on("refresh", self.on_refresh)
         self.server.on("*", self.on_other)
         self.server.eio.pings.position = self._ping_position
-        self.server.eio.gate = ConnectGate(ws.max_connecting)
 
     def _ping_position(self, socket: eio.LeanSocket) -> str | None:
         """What a ping marks: the hub's position, unless the client's replay is still under way."""
