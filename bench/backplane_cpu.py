@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import os
 import resource
+import shutil
 import statistics
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -154,10 +155,10 @@ def cli() -> None:
     args = ap.parse_args()
     if args.cpu:
         os.sched_setaffinity(0, {int(args.cpu)})
-    proc = None
+    proc = workdir = None
     url = args.redis_url
     if url is None:
-        proc, port, _ = start_redis(args.redis_cpu or None)
+        proc, port, workdir = start_redis(args.redis_cpu or None)
         url = f"redis://127.0.0.1:{port}/0"
     try:
         uvloop.run(main(args, url))
@@ -165,6 +166,8 @@ def cli() -> None:
         if proc is not None:
             proc.terminate()
             proc.wait()
+        if workdir is not None:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":
