@@ -54,7 +54,7 @@ EVENT = OutgoingEvent(
 
 
 def _report() -> NodeReport:
-    raise AssertionError("not reported in this benchmark")
+    return NodeReport("backplane-cpu")  # what a process with no clients writes as its presence
 
 
 async def _measure(work: Callable[[], Awaitable[None]], count: int) -> tuple[float, float]:
