@@ -153,6 +153,8 @@ def cli() -> None:
     ap.add_argument("--redis-cpu", default="0", help="CPU to pin the private redis-server to")
     ap.add_argument("--redis-url", help="use this Redis instead of a private one (its db is written to)")
     args = ap.parse_args()
+    if args.concurrency < 1 or args.rounds < 1 or args.events < args.concurrency:
+        ap.error("--concurrency and --rounds must be at least 1, and --events at least --concurrency")
     if args.cpu:
         os.sched_setaffinity(0, {int(args.cpu)})
     proc = workdir = None
