@@ -43,6 +43,7 @@ class Connection(ABC):
         "_held",
         "_rate",
         "_refilled",
+        "_resync",
         "_sent_up_to",
         "_tokens",
         "closed",
@@ -62,6 +63,8 @@ class Connection(ABC):
         # After a replay, live events up to this id were already sent: this process's tail can
         # lag behind the history it replayed from (Redis), so they may still arrive.
         self._sent_up_to: EventId | None = None
+        # A resync to send once the transport has sent its first message (see ``resync``).
+        self._resync: str | None = None
         self._rate = rate
         self._burst = float(burst)
         self._tokens = float(burst)
@@ -110,8 +113,20 @@ class Connection(ABC):
         if not self.closed:
             self.send_events(events)
 
+    def resync(self, reason: str) -> None:
+        """Tell the client to refetch everything (contract §7's ``resync``): what it missed cannot
+        be replayed. While live events are held the transport may not have sent its first message
+        yet: ``release`` sends it then, first."""
+        if self._held is not None:
+            self._resync = reason
+        elif not self.closed:
+            self.send_message({"type": "resync", "data": {"reason": reason}})
+
     def release(self, replay: Iterable[Event], after: EventId | None) -> None:
         """Send the missed events, then the live ones held meanwhile, each once, then go live."""
+        if self._resync is not None and not self.closed:
+            self.send_message({"type": "resync", "data": {"reason": self._resync}})
+        self._resync = None
         last = after
         pending = list(replay)
         if pending:
@@ -342,6 +357,13 @@ class Hub:
         for conn in conns:
             conn.close(code, reason)
         return len(conns)
+
+    def resync_all(self, reason: str) -> int:
+        """Every connection is told to refetch (``Connection.resync``), after what is pending."""
+        self.flush()
+        for conn in self.connections:
+            conn.resync(reason)
+        return len(self.connections)
 
     def close_all(self, code: int, reason: str) -> None:
         self.flush()

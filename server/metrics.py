@@ -72,6 +72,11 @@ class Metrics:
             "Times this process's backplane tail reconnected",
             registry=registry,
         )
+        self.backplane_events_lost = Counter(
+            "realtime_backplane_events_lost",
+            "Events trimmed from the Redis stream before this process read them (its clients resync)",
+            registry=registry,
+        )
         # Wired by the session-service code (AUTH_SESSION_URL): defined here so the name has one home.
         self.session_lookups = Counter(
             "realtime_session_lookups",

@@ -55,7 +55,7 @@ class Node:
         )
 
     async def start(self) -> None:
-        await self.backplane.start(self._received, self._on_command, self.report)
+        await self.backplane.start(self._received, self._on_command, self.report, self._lost)
         self.resume_book.start()
         log.info(
             "node started",
@@ -70,6 +70,18 @@ class Node:
         self.hub.deliver(events)
         for tap in self.taps:
             tap(events)
+
+    def _lost(self, count: int, next_id: str) -> None:
+        """Events were lost to this process (its tail fell behind the history): every client here
+        may have missed some, and none can be replayed. Each is told to refetch, and goes on live."""
+        self.metrics.backplane_events_lost.inc(count)
+        if self.hub.recent is not None:
+            self.hub.recent.clear()  # it has a hole now: replays read the shared history instead
+        resynced = self.hub.resync_all("history_expired")
+        log.error(
+            "events lost to this process (its tail fell behind the history): clients told to resync",
+            extra={"node": self.name, "lost": count, "next": next_id, "connections": resynced},
+        )
 
     def report(self) -> NodeReport:
         hub = self.hub
@@ -194,7 +206,7 @@ class Node:
 
     def resume(self, conn: Connection, resume: Resume) -> None:
         if resume.resync_reason is not None:
-            conn.send_message({"type": "resync", "data": {"reason": resume.resync_reason}})
+            conn.resync(resume.resync_reason)
             conn.release((), None)
         else:
             conn.release(resume.missed, resume.after)

@@ -17,6 +17,9 @@ from server.events import Event, EventId, OutgoingEvent, format_event_id, parse_
 # Events in id order, as many as arrived together: a connection gets them in one write.
 EventSink = Callable[[Sequence[Event]], None]
 CommandSink = Callable[[dict[str, Any]], None]
+# How many events this process will never receive, and the id it receives again from: its tail
+# fell further behind than the history (shared backplanes only). Its clients must refetch.
+LostSink = Callable[[int, str], None]
 # (user id, role, event id): a connection of that user and role that ended other than by the
 # client's own close was last known to be receiving up to that event.
 ResumePoint = tuple[str, str, str]
@@ -74,9 +77,14 @@ class Backplane(ABC):
 
     @abstractmethod
     async def start(
-        self, on_event: EventSink, on_command: CommandSink, report: Callable[[], NodeReport]
+        self,
+        on_event: EventSink,
+        on_command: CommandSink,
+        report: Callable[[], NodeReport],
+        on_lost: LostSink | None = None,
     ) -> None:
-        """Connect and start carrying events to ``on_event`` and commands to ``on_command``."""
+        """Connect and start carrying events to ``on_event`` and commands to ``on_command``;
+        ``on_lost`` is told when events were lost to this process (then delivery goes on)."""
 
     @abstractmethod
     async def stop(self) -> None: ...

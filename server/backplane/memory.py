@@ -17,6 +17,7 @@ from server.backplane.base import (
     CommandSink,
     EventSink,
     HistoryExpired,
+    LostSink,
     NodeReport,
     ResumePoint,
     is_recoverable,
@@ -69,7 +70,11 @@ class MemoryBackplane(Backplane):
         self._sweep_at = time.monotonic() + SWEEP_SECONDS
 
     async def start(
-        self, on_event: EventSink, on_command: CommandSink, report: Callable[[], NodeReport]
+        self,
+        on_event: EventSink,
+        on_command: CommandSink,
+        report: Callable[[], NodeReport],
+        on_lost: LostSink | None = None,  # never called: delivery here is part of publishing
     ) -> None:
         self._on_event, self._on_command, self._report = on_event, on_command, report
         self._running = True

@@ -8,7 +8,9 @@ keeps refreshing them, so a crashed process stops being counted by itself.
 
 Keys (``P`` is ``redis.key_prefix``; the README documents the entry format for direct publishers):
 
-- ``P:events``: the stream; entries ``type``, ``data`` (JSON), ``rooms`` (JSON array) or ``cmd``
+- ``P:events``: the stream; entries ``type``, ``data`` (JSON), ``rooms`` (JSON array) or ``cmd``,
+  and ``n``: the entry's ordinal, the value ``P:events:added`` took when it was added (a tail
+  that falls further behind than the stream is long sees that entries were trimmed unread)
 - ``P:events:floor``: every event with an id above it is still in the stream, unless trimmed
 - ``P:events:added``: entries ever added, to tell whether trimming has removed any
 - ``P:idem:KEY``: the id an event's own idempotency key got ('' if it was stale);
@@ -48,6 +50,7 @@ from server.backplane.base import (
     CommandSink,
     EventSink,
     HistoryExpired,
+    LostSink,
     NodeReport,
     ResumePoint,
     is_recoverable,
@@ -81,6 +84,8 @@ PRESENCE_FLUSH_SECONDS = 0.1
 # Every process's counters (stats, the dashboard's rates and latency) are at most this old in Redis.
 STATS_FLUSH_SECONDS = 1.0
 STARTUP_WAIT_SECONDS = 2.0
+# A publish waits at most this long for this process's tail to catch up (then 503, nothing accepted).
+CATCH_UP_SECONDS = 5.0
 
 HISTORY_PAGE_SIZE = 1000  # entries per XRANGE when replaying
 
@@ -145,11 +150,22 @@ class RedisBackplane(Backplane):
         self._publishes_sent = self._publishes_answered = 0
         self._answers_awaited = 0
         self._answers_waiter: asyncio.Future[None] | None = None
+        # Ordinals (the ``n`` of entries): of the last entry the tail read, and of the newest this
+        # process published; and its events sent but not answered yet. The stream keeps
+        # ``history.max_events`` entries: a tail further behind than that would lose what was
+        # trimmed before it read it. So a publish here waits while the tail would be more than half
+        # of that behind (``_catch_up``): a process accepts events no faster than it delivers them.
+        # If a process falls behind all the same (stopped, or starved while others publish), its
+        # clients are told to resync: see ``_dispatch``.
+        self._tail_n = self._published_n = self._in_flight = 0
+        self._lag_limit = settings.history.max_events // 2
+        self._caught_up: asyncio.Future[None] | None = None
         # Replays under way, by position: their events and the newest id they read.
         self._reads_after: dict[str, asyncio.Future[tuple[list[Event], EventId]]] = {}
         self.history_reads = 0  # reads of the stream for replays (for stats and tests)
         self._on_event: EventSink | None = None
         self._on_command: CommandSink | None = None
+        self._on_lost: LostSink | None = None
         self._report: Callable[[], NodeReport] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._running = False
@@ -164,9 +180,13 @@ class RedisBackplane(Backplane):
     # --- lifecycle ------------------------------------------------------------------------
 
     async def start(
-        self, on_event: EventSink, on_command: CommandSink, report: Callable[[], NodeReport]
+        self,
+        on_event: EventSink,
+        on_command: CommandSink,
+        report: Callable[[], NodeReport],
+        on_lost: LostSink | None = None,
     ) -> None:
-        self._on_event, self._on_command, self._report = on_event, on_command, report
+        self._on_event, self._on_command, self._report, self._on_lost = on_event, on_command, report, on_lost
         self._running = True
         self._tasks = [
             asyncio.create_task(self._tail(), name="backplane-tail"),
@@ -221,17 +241,46 @@ class RedisBackplane(Backplane):
                 event.version_key if versioned else "",
                 str(event.version) if versioned else "",
             ]
+        count = len(events)
+        if self._published_n + self._in_flight - self._tail_n + count > self._lag_limit:
+            await self._catch_up(count)
         self._publishes_sent = sent = self._publishes_sent + 1
+        self._in_flight += count
         try:  # what ``_reachable`` does, without a context manager on the hot path
-            ids = await self._eval(PUBLISH, args)
+            added, ids = await self._eval(PUBLISH, args)
         except (RedisError, OSError) as exc:
             raise _unavailable(exc, self.retry_after) from None
         finally:
+            self._in_flight -= count
             self._publishes_answered = max(self._publishes_answered, sent)
             waiter = self._answers_waiter
             if waiter is not None and self._publishes_answered >= self._answers_awaited and not waiter.done():
                 waiter.set_result(None)
+        self._published_n = added  # answers come in order: the latest is the newest
         return [None if raw in (b"", STALE) else _id(raw) for raw in ids]
+
+    async def _catch_up(self, count: int) -> None:
+        """Wait while the entries this process added (or is adding) that its tail has not read,
+        with these ``count``, are more than ``_lag_limit``. Never while the tail has read them all
+        (a batch larger than the limit goes alone), nor while the tail is down."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + CATCH_UP_SECONDS
+        while self._tail_ok and (ahead := self._published_n + self._in_flight - self._tail_n) > 0:
+            if ahead + count <= self._lag_limit:
+                return
+            if self._caught_up is None:
+                self._caught_up = loop.create_future()
+            try:
+                # Shielded: one publisher that gives up must not cancel the others' wait.
+                await asyncio.wait_for(asyncio.shield(self._caught_up), deadline - loop.time())
+            except TimeoutError:
+                message = "this process is delivering events slower than they are posted: retry later"
+                raise BackplaneUnavailable(message, self.retry_after) from None
+
+    def _release_publishers(self) -> None:
+        waiter, self._caught_up = self._caught_up, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     async def command(self, command: dict[str, Any]) -> None:
         async with self._reachable():
@@ -264,7 +313,7 @@ class RedisBackplane(Backplane):
         while self._running:
             try:
                 if last is None:
-                    last = await self._position()
+                    last, self._tail_n = await self._anchor()
                     self.tail_start = parse_event_id(last)
                 if not self._tail_ok:
                     await self._tailer.call("PING")  # ready now, not after a first XREAD's BLOCK
@@ -298,6 +347,7 @@ class RedisBackplane(Backplane):
                 if self._tail_ok or backoff == 0.1:
                     log.error("backplane tail lost: retrying", extra={"node": self.node, "error": repr(exc)})
                 self._tail_ok = False
+                self._release_publishers()  # a tail that is down does not hold publishing up
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
 
@@ -308,8 +358,17 @@ class RedisBackplane(Backplane):
         event_id = ""
         for raw_id, flat in entries:  # XREAD's reply: [id, [field, value, field, value...]]
             event_id = _id(raw_id)
+            fields = dict(zip(flat[::2], flat[1::2], strict=False))  # Redis keeps them in pairs
+            # A direct publisher's entry has no ordinal: it counts one (the README's format).
+            raw_n = fields.get(b"n")
+            n = int(raw_n) if raw_n is not None and raw_n.isdigit() else self._tail_n + 1
+            if n > self._tail_n + 1:
+                if events:
+                    self._on_event(events)
+                    events = []
+                self._lost(n - self._tail_n - 1, event_id)
+            self._tail_n = n  # lower: the count started again (Redis lost its data), nothing skipped
             try:
-                fields = dict(zip(flat[::2], flat[1::2], strict=True))
                 if b"cmd" in fields:
                     if events:
                         self._on_event(events)
@@ -322,14 +381,28 @@ class RedisBackplane(Backplane):
         if events:
             self.metrics.read_from_backplane(events[-1])
             self._on_event(events)
+        if self._caught_up is not None:
+            self._release_publishers()  # each looks again at how far behind the tail is
         return event_id
 
-    async def _position(self) -> str:
-        return _id(await self._eval(POSITION, []))
+    def _lost(self, count: int, next_id: str) -> None:
+        """``count`` entries before ``next_id`` were trimmed from the stream before this process
+        read them: from ``next_id`` on, every entry reaches the hub again."""
+        next_key = parse_event_id(next_id)
+        if next_key is not None:
+            self.tail_start = _just_before(next_key)
+        if self._on_lost is not None:
+            self._on_lost(count, next_id)
+
+    async def _anchor(self) -> tuple[str, int]:
+        """The newest id, and its ordinal (where the tail starts counting)."""
+        newest, added = await self._eval(POSITION, [])
+        return _id(newest), int(added)
 
     async def position(self) -> str:
         async with self._reachable():
-            return await self._position()
+            newest, _ = await self._anchor()
+            return newest
 
     async def start_position(self, user_id: str, role: str) -> tuple[str, str | None]:
         if self.resume_window_ms <= 0:

@@ -28,11 +28,13 @@ end
 # of a call are added, or none; one whose version is not above its entity's last accepted one
 # (earlier events of the call included) is stale: '' in its place, and its idempotency key
 # answers '' from then on. Versions are decimal strings compared by length, then digits.
+# Each entry carries ``n``, its ordinal (``added`` once it is counted): a tail that reads n + 2
+# after n knows that one entry was trimmed away before it read it. Returns {added, ids}.
 PUBLISH = (
     ENSURE_FLOOR
     + """
 local ids = {}
-local fresh = 0
+local added = tonumber(redis.call('GET', KEYS[3]) or '0')
 for i = 4, #ARGV, 6 do
   local key = ARGV[i + 3]
   local id = false
@@ -51,35 +53,37 @@ for i = 4, #ARGV, 6 do
     if stale then
       id = ''
     else
+      added = added + 1
       id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
-                      'type', ARGV[i], 'data', ARGV[i + 1], 'rooms', ARGV[i + 2])
-      fresh = fresh + 1
+                      'type', ARGV[i], 'data', ARGV[i + 1], 'rooms', ARGV[i + 2], 'n', added)
     end
     if key ~= '' then redis.call('SET', ARGV[3] .. key, id, 'EX', ARGV[2]) end
   end
   ids[#ids + 1] = id
 end
-redis.call('INCRBY', KEYS[3], fresh)
-return ids
+redis.call('SET', KEYS[3], added)
+return {added, ids}
 """
 )
 
 COMMAND = (
     ENSURE_FLOOR
     + """
-redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'cmd', ARGV[2])
-redis.call('INCRBY', KEYS[3], 1)
+local added = redis.call('INCR', KEYS[3])
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'cmd', ARGV[2], 'n', added)
 """
 )
 
 
-# The id of the newest event, or the floor when there is none yet.
+# The id of the newest event (or the floor when there is none yet), and ``added``: the ordinal
+# of that event, where a tail that starts after it counts from.
 POSITION = (
     ENSURE_FLOOR
     + """
+local added = tonumber(redis.call('GET', KEYS[3]) or '0')
 local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
-if #newest > 0 then return newest[1][1] end
-return redis.call('GET', KEYS[2])
+if #newest > 0 then return {newest[1][1], added} end
+return {redis.call('GET', KEYS[2]), added}
 """
 )
 

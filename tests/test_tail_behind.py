@@ -1,0 +1,135 @@
+"""A process's tail of the Redis stream must never fall behind the history silently.
+
+The stream keeps ``history.max_events`` entries. A process whose tail is further behind than that
+would read on from the first entry still kept, and its clients would never get the ones trimmed
+in between. So a process that publishes waits for its own tail (it accepts events no faster than
+it delivers them), and one that fell behind all the same (here: stopped with SIGSTOP while
+another publishes) tells each of its clients to resync, then goes on live.
+
+Real processes, a private redis-server, a history of 100 events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.clients import ADMIN_KEY, Live, make_token, recv
+from tests.process import ServerProcess
+from tests.redis_server import RedisServer
+from tests.test_cluster import all_ready, wait_until
+
+HISTORY = 100
+
+
+@pytest.fixture
+def small_history() -> Iterator[str]:
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as handle:
+        handle.write(f"history:\n  max_events: {HISTORY}\nredis:\n  retry_after_seconds: 1\n")
+    yield handle.name
+    os.unlink(handle.name)
+
+
+@pytest.fixture
+async def pair(redis: RedisServer, small_history: str) -> AsyncIterator[list[Live]]:
+    processes = [
+        ServerProcess(
+            {
+                "REDIS_URL": redis.url,
+                "CONFIG_FILE": small_history,
+                "DYNO": f"node-{i}",
+                "LOG_LEVEL": "warning",
+            }
+        )
+        for i in range(2)
+    ]
+    for process in processes:
+        process.start()
+    await asyncio.gather(*(asyncio.to_thread(p.wait_healthy) for p in processes))
+    session = aiohttp.ClientSession()
+    nodes = [Live(base=p.base, app=p, session=session, admin_key=ADMIN_KEY) for p in processes]
+    await wait_until(lambda: all_ready(nodes), what="both processes ready")
+    yield nodes
+    await session.close()
+    for process in processes:
+        assert process.process is not None
+        os.kill(process.process.pid, signal.SIGCONT)  # a test that failed midway left it stopped
+        process.close()
+        print(process.stderr[-3000:])  # shown by pytest when the test failed
+
+
+def batch(first: int, count: int) -> dict[str, Any]:
+    return {
+        "events": [
+            {"type": "store_updated", "data": {"storeId": "s1", "store": {}, "seq": first + i}}
+            for i in range(count)
+        ]
+    }
+
+
+async def lost_metric(node: Live) -> float:
+    async with node.session.get(f"{node.base}/metrics") as resp:
+        text = await resp.text()
+    for line in text.splitlines():
+        if line.startswith("realtime_backplane_events_lost_total "):
+            return float(line.split()[1])
+    raise AssertionError("realtime_backplane_events_lost_total is not exposed")
+
+
+async def test_a_process_that_publishes_faster_than_its_tail_reads_waits_for_it(pair: list[Live]) -> None:
+    """40 batches of 50 posted at once (2,000 events, twenty times the history): each is accepted,
+    and a client gets every one of them, in order, without a resync."""
+    node = pair[0]
+    ws, _ = await node.ws_ready(token=make_token("u1"), lastEventId="0-0")
+    # The client's position is before the stream: a resync first, which this test does not count.
+    assert (await recv(ws))["type"] == "resync"
+    posts, size = 40, 50
+    answers = await asyncio.gather(*(node.post(batch(k * size, size)) for k in range(posts)))
+    assert [status for status, _ in answers] == [202] * posts, answers
+    ids = [event_id for _, body in answers for event_id in body["ids"]]
+    frames = [await recv(ws, timeout=10) for _ in range(posts * size)]
+    assert [frame["type"] for frame in frames] == ["store_updated"] * len(frames)  # no resync
+    assert [frame["id"] for frame in frames] == sorted(ids, key=lambda i: tuple(map(int, i.split("-"))))
+    assert await lost_metric(node) == 0
+    await ws.close()
+
+
+async def test_a_process_that_fell_behind_the_history_tells_its_clients_to_resync(pair: list[Live]) -> None:
+    publisher, stopped = pair
+    ws, _ = await stopped.ws_ready(token=make_token("u1"))
+    status, _ = await publisher.post(batch(0, 1))
+    assert status == 202
+    assert (await recv(ws))["data"]["seq"] == 0
+    stopped_pid = stopped.app.process.pid
+    os.kill(stopped_pid, signal.SIGSTOP)  # a stalled process: its tail reads nothing meanwhile
+    try:
+        for k in range(5):  # five times the history: what the stopped tail had not read is trimmed
+            status, _ = await publisher.post(batch(1 + k * 100, 100))
+            assert status == 202
+    finally:
+        os.kill(stopped_pid, signal.SIGCONT)
+    # What its tail had read before it stopped (Redis answered its pending read), in order; then
+    # the resync; then what is still in the stream, in order, up to the last event.
+    before: list[int] = []
+    while (frame := await recv(ws, timeout=5))["type"] == "store_updated":
+        before.append(frame["data"]["seq"])
+    assert frame == {"type": "resync", "data": {"reason": "history_expired"}}
+    assert before == list(range(1, len(before) + 1))
+    after: list[int] = []
+    while not after or after[-1] != 500:
+        frame = await recv(ws, timeout=5)
+        assert frame["type"] == "store_updated", frame
+        after.append(frame["data"]["seq"])
+    assert after == list(range(after[0], 501)) and after[0] > len(before) + 1
+    assert await lost_metric(stopped) == after[0] - len(before) - 1  # each event it never got
+    status, _ = await publisher.post(batch(501, 1))
+    assert status == 202
+    assert (await recv(ws))["data"]["seq"] == 501
+    await ws.close()
