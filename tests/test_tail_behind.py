@@ -104,9 +104,11 @@ async def test_a_process_that_publishes_faster_than_its_tail_reads_waits_for_it(
 async def test_a_process_that_fell_behind_the_history_tells_its_clients_to_resync(pair: list[Live]) -> None:
     publisher, stopped = pair
     ws, _ = await stopped.ws_ready(token=make_token("u1"))
+    sio = await stopped.sio({"token": make_token("u2")})
     status, _ = await publisher.post(batch(0, 1))
     assert status == 202
     assert (await recv(ws))["data"]["seq"] == 0
+    await sio.wait_for(1)
     stopped_pid = stopped.app.process.pid
     os.kill(stopped_pid, signal.SIGSTOP)  # a stalled process: its tail reads nothing meanwhile
     try:
@@ -133,3 +135,9 @@ async def test_a_process_that_fell_behind_the_history_tells_its_clients_to_resyn
     assert status == 202
     assert (await recv(ws))["data"]["seq"] == 501
     await ws.close()
+    # A Socket.IO client of the same process: the same, as Socket.IO events.
+    received = [(name, args[0]) for name, args in await sio.wait_for(len(before) + len(after) + 3, timeout=5)]
+    resync = received.index(("resync", {"reason": "history_expired"}))
+    seqs = [data["seq"] for name, data in received if name == "store_updated"]
+    assert seqs[:resync] == list(range(resync)) and seqs[resync:] == list(range(after[0], 502))
+    await sio.close()
