@@ -19,7 +19,9 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
+import redis.asyncio as aioredis
 
 from tests.clients import ADMIN_KEY, Live, make_token, recv
 from tests.process import ServerProcess
@@ -141,3 +143,42 @@ async def test_a_process_that_fell_behind_the_history_tells_its_clients_to_resyn
     seqs = [data["seq"] for name, data in received if name == "store_updated"]
     assert seqs[:resync] == list(range(resync)) and seqs[resync:] == list(range(after[0], 502))
     await sio.close()
+
+
+async def test_direct_publishers_entries_count_one_each_and_a_malformed_one_is_skipped(
+    pair: list[Live], redis: RedisServer
+) -> None:
+    """The README's format for services that write to the stream themselves: entries without an
+    ordinal count one each (no resync), and a malformed entry is skipped without stopping the tail."""
+    node = pair[0]
+    ws, _ = await node.ws_ready(token=make_token("u1"))
+    status, _ = await node.post(batch(0, 1))
+    assert status == 202
+    direct = aioredis.from_url(redis.url)
+    try:
+        for seq in (1, 2):  # exactly the README's recipe
+            async with direct.pipeline(transaction=True) as pipe:
+                data = orjson.dumps({"storeId": "s1", "store": {}, "seq": seq})
+                pipe.xadd(
+                    "rt:events",
+                    {"type": "store_updated", "data": data, "rooms": '["global"]'},
+                    maxlen=10000,
+                )
+                pipe.incr("rt:events:added")
+                await pipe.execute()
+        async with direct.pipeline(transaction=True) as pipe:  # not JSON, and an ordinal that is not one
+            pipe.xadd(
+                "rt:events", {"type": "store_updated", "data": "{not json", "rooms": "[]", "n": "x" * 30}
+            )
+            pipe.incr("rt:events:added")
+            await pipe.execute()
+    finally:
+        await direct.aclose()
+    status, _ = await node.post(batch(3, 1))
+    assert status == 202
+    frames = [await recv(ws) for _ in range(4)]
+    assert [(frame["type"], frame["data"]["seq"]) for frame in frames] == [
+        ("store_updated", seq) for seq in range(4)
+    ]
+    assert await lost_metric(node) == 0
+    await ws.close()

@@ -358,10 +358,12 @@ class RedisBackplane(Backplane):
         event_id = ""
         for raw_id, flat in entries:  # XREAD's reply: [id, [field, value, field, value...]]
             event_id = _id(raw_id)
-            fields = dict(zip(flat[::2], flat[1::2], strict=False))  # Redis keeps them in pairs
+            # Redis keeps fields in pairs; an entry without any is skipped as malformed below.
+            fields = dict(zip(flat[::2], flat[1::2], strict=False)) if flat else {}
             # A direct publisher's entry has no ordinal: it counts one (the README's format).
             raw_n = fields.get(b"n")
-            n = int(raw_n) if raw_n is not None and raw_n.isdigit() else self._tail_n + 1
+            ordinal = raw_n is not None and raw_n.isdigit() and len(raw_n) < 19  # below 2**63, as INCR
+            n = int(raw_n) if ordinal else self._tail_n + 1  # type: ignore[arg-type]
             if n > self._tail_n + 1:
                 if events:
                     self._on_event(events)
