@@ -29,23 +29,32 @@ def config_file() -> Iterator[str]:
 
 @pytest.fixture
 async def cluster(redis: RedisServer, config_file: str) -> AsyncIterator[list[Live]]:
+    async with running_cluster(redis, config_file) as nodes:
+        yield nodes
+
+
+@contextlib.asynccontextmanager
+async def running_cluster(redis: RedisServer, config_file: str, count: int = 2) -> AsyncIterator[list[Live]]:
+    """``count`` server processes on ``redis`` (named node-0, node-1...), each ready."""
     processes = [
         ServerProcess(
             {"REDIS_URL": redis.url, "CONFIG_FILE": config_file, "DYNO": f"node-{i}", "LOG_LEVEL": "warning"}
         )
-        for i in range(2)
+        for i in range(count)
     ]
     for process in processes:
         process.start()
-    await asyncio.gather(*(asyncio.to_thread(p.wait_healthy) for p in processes))
     session = aiohttp.ClientSession()
-    nodes = [Live(base=p.base, app=p, session=session, admin_key=ADMIN_KEY) for p in processes]
-    await wait_until(lambda: all_ready(nodes), what="both processes ready")
-    yield nodes
-    await session.close()
-    for process in processes:
-        process.close()
-        print(process.stderr[-3000:])  # shown by pytest when the test failed
+    try:
+        await asyncio.gather(*(asyncio.to_thread(p.wait_healthy) for p in processes))
+        nodes = [Live(base=p.base, app=p, session=session, admin_key=ADMIN_KEY) for p in processes]
+        await wait_until(lambda: all_ready(nodes), what="every process ready")
+        yield nodes
+    finally:
+        await session.close()
+        for process in processes:
+            process.close()
+            print(process.stderr[-3000:])  # shown by pytest when the test failed
 
 
 async def all_ready(nodes: list[Live]) -> bool:

@@ -18,15 +18,13 @@ import tempfile
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-import aiohttp
 import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from tests.clients import ADMIN_KEY, Live, make_token, recv
-from tests.process import ServerProcess
+from tests.clients import Live, make_token, recv
 from tests.redis_server import RedisServer
-from tests.test_cluster import all_ready, wait_until
+from tests.test_cluster import running_cluster
 
 HISTORY = 100
 
@@ -41,30 +39,12 @@ def small_history() -> Iterator[str]:
 
 @pytest.fixture
 async def pair(redis: RedisServer, small_history: str) -> AsyncIterator[list[Live]]:
-    processes = [
-        ServerProcess(
-            {
-                "REDIS_URL": redis.url,
-                "CONFIG_FILE": small_history,
-                "DYNO": f"node-{i}",
-                "LOG_LEVEL": "warning",
-            }
-        )
-        for i in range(2)
-    ]
-    for process in processes:
-        process.start()
-    await asyncio.gather(*(asyncio.to_thread(p.wait_healthy) for p in processes))
-    session = aiohttp.ClientSession()
-    nodes = [Live(base=p.base, app=p, session=session, admin_key=ADMIN_KEY) for p in processes]
-    await wait_until(lambda: all_ready(nodes), what="both processes ready")
-    yield nodes
-    await session.close()
-    for process in processes:
-        assert process.process is not None
-        os.kill(process.process.pid, signal.SIGCONT)  # a test that failed midway left it stopped
-        process.close()
-        print(process.stderr[-3000:])  # shown by pytest when the test failed
+    async with running_cluster(redis, small_history) as nodes:
+        try:
+            yield nodes
+        finally:
+            for node in nodes:  # a test that failed midway may have left one stopped
+                os.kill(node.app.process.pid, signal.SIGCONT)
 
 
 def batch(first: int, count: int) -> dict[str, Any]:
