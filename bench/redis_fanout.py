@@ -2,8 +2,8 @@
 """Where one Redis stops: one stream, events added at R per second, N processes tailing it.
 
 The Redis backplane (server/backplane/redis.py) adds every event to one stream with the server's
-own publish script (EVALSHA: XADD MAXLEN ~ + INCRBY), and every server process reads the whole
-stream with XREAD COUNT 1000 BLOCK. This measures that alone, with no server and no clients: a
+own publish script (EVALSHA: XADD MAXLEN ~, each entry counted), and every server process reads
+the whole stream with XREAD COUNT 1000 BLOCK. This measures that alone, with no server and no clients: a
 private redis-server (started here, pinned to one CPU, no persistence), one publisher sending
 the script at rate R (events of ~300 bytes, `--batch` events per call, as single-event POSTs
 make them by default), and N simulated processes, each one connection doing what the server's
