@@ -361,9 +361,10 @@ class Hub:
     def resync_all(self, reason: str) -> int:
         """Every connection is told to refetch (``Connection.resync``), after what is pending."""
         self.flush()
-        for conn in self.connections:
+        connections = list(self.connections)  # a write can close one (1008), which removes it
+        for conn in connections:
             conn.resync(reason)
-        return len(self.connections)
+        return len(connections)
 
     def close_all(self, code: int, reason: str) -> None:
         self.flush()
