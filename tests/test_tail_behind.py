@@ -22,7 +22,9 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
+import server.backplane.redis as redis_backplane
 from tests.clients import Live, make_token, recv
+from tests.conftest import StartServer, make_settings
 from tests.redis_server import RedisServer
 from tests.test_cluster import running_cluster
 
@@ -162,3 +164,74 @@ async def test_direct_publishers_entries_count_one_each_and_a_malformed_one_is_s
     ]
     assert await lost_metric(node) == 0
     await ws.close()
+
+
+class TailHolder:
+    """A TCP proxy to Redis that holds the tail's connection (the one that sends ``XREAD``): Redis
+    keeps answering, but the process's tail reads nothing until ``release``. Real sockets both ways."""
+
+    def __init__(self, redis: RedisServer) -> None:
+        self.redis = redis
+        self.released = asyncio.Event()  # clear: the tail's bytes wait
+        self.released.set()
+        self.server: asyncio.Server | None = None
+        self.url = ""
+
+    async def start(self) -> TailHolder:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.url = f"redis://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+        return self
+
+    def hold(self) -> None:
+        self.released.clear()
+
+    def release(self) -> None:
+        self.released.set()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", self.redis.port)
+        is_tail = False
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, to_redis: bool) -> None:
+            nonlocal is_tail
+            while data := await src.read(65536):
+                is_tail = is_tail or (to_redis and b"XREAD" in data)
+                if is_tail:
+                    await self.released.wait()
+                dst.write(data)
+                await dst.drain()
+            dst.close()
+
+        await asyncio.gather(
+            pipe(reader, upstream_writer, True), pipe(upstream_reader, writer, False), return_exceptions=True
+        )
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+
+async def test_a_publish_that_would_outrun_its_own_tail_waits_then_is_refused_with_503(
+    redis: RedisServer, start_server: StartServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While this process's tail reads nothing, a publish that would put it more than half the
+    history behind waits, then is answered 503 (nothing accepted); once the tail reads, it goes."""
+    monkeypatch.setattr(redis_backplane, "CATCH_UP_SECONDS", 1.0)  # the wait before the 503: 5 s
+    proxy = await TailHolder(redis).start()
+    try:
+        node = await start_server(
+            make_settings(history={"max_events": HISTORY}, redis={"url": proxy.url, "retry_after_seconds": 1})
+        )
+        ws, _ = await node.ws_ready(token=make_token("u1"))
+        proxy.hold()
+        assert (await node.post(batch(0, 40)))[0] == 202  # the tail has read everything: it goes
+        status, body = await node.post(batch(40, 40))  # 80 unread would be more than 50: waits
+        assert status == 503 and body["error"] == "unavailable", body
+        assert "slower than they are posted" in body["message"] and "nothing was accepted" in body["message"]
+        proxy.release()
+        assert [(await recv(ws))["data"]["seq"] for _ in range(40)] == list(range(40))
+        assert (await node.post(batch(40, 40)))[0] == 202  # the refused batch, again: it goes
+        assert [(await recv(ws))["data"]["seq"] for _ in range(40)] == list(range(40, 80))
+        await ws.close()
+    finally:
+        await proxy.close()
