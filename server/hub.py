@@ -124,14 +124,14 @@ class Connection(ABC):
 
     def release(self, replay: Iterable[Event], after: EventId | None) -> None:
         """Send the missed events, then the live ones held meanwhile, each once, then go live."""
-        if self._resync is not None and not self.closed:
-            self.send_message({"type": "resync", "data": {"reason": self._resync}})
-        self._resync = None
+        held, self._held = self._held or [], None
+        reason, self._resync = self._resync, None
+        if reason is not None:
+            self.resync(reason)  # live now: sent at once, before anything else
         last = after
         pending = list(replay)
         if pending:
             last = pending[-1].sort_key
-        held, self._held = self._held or [], None
         for event in held:
             if last is None or event.sort_key > last:
                 pending.append(event)

@@ -361,9 +361,8 @@ class RedisBackplane(Backplane):
             # Redis keeps fields in pairs; an entry without any is skipped as malformed below.
             fields = dict(zip(flat[::2], flat[1::2], strict=False)) if flat else {}
             # A direct publisher's entry has no ordinal: it counts one (the README's format).
-            raw_n = fields.get(b"n")
-            ordinal = raw_n is not None and raw_n.isdigit() and len(raw_n) < 19  # below 2**63, as INCR
-            n = int(raw_n) if ordinal else self._tail_n + 1  # type: ignore[arg-type]
+            raw_n = fields.get(b"n", b"")
+            n = int(raw_n) if raw_n.isdigit() and len(raw_n) < 19 else self._tail_n + 1  # INCR: < 2**63
             if n > self._tail_n + 1:
                 if events:
                     self._on_event(events)
