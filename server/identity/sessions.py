@@ -17,11 +17,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import aiohttp
 import orjson
 
 from handlers.subscriptions import valid_id
 from server.identity.errors import AuthError, FailureKind
+from server.identity.session_client import SessionClient, SessionRequestError
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ Outcome = SessionAnswer | FailureKind
 
 
 class SessionVerifier:
-    """Lookups against the session service: one pooled HTTP client, bounded, cached, coalesced."""
+    """Lookups against the session service: kept-alive connections, bounded, cached, coalesced."""
 
     def __init__(
         self,
@@ -97,12 +97,11 @@ class SessionVerifier:
         self._cache: dict[bytes, tuple[float, Outcome]] = {}  # key -> (expires, outcome), oldest first
         self._inflight: dict[bytes, asyncio.Task[Outcome]] = {}
         self._slots: asyncio.Semaphore | None = None
-        self._http: aiohttp.ClientSession | None = None
+        self._http: SessionClient | None = None
 
     async def start(self) -> None:
         if self._http is None:
-            connector = aiohttp.TCPConnector(limit=self.max_concurrency, ttl_dns_cache=300)
-            self._http = aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
+            self._http = SessionClient(self.url, max_idle=self.max_concurrency)
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.max_concurrency)
 
@@ -110,7 +109,7 @@ class SessionVerifier:
         for task in list(self._inflight.values()):
             task.cancel()
         if self._http is not None:
-            await self._http.close()
+            self._http.close()
             self._http = None
 
     def key(self, headers: ForwardedHeaders) -> bytes:
@@ -181,13 +180,11 @@ class SessionVerifier:
             # The timeout covers waiting for a free slot too: it is the client who waits.
             async with asyncio.timeout(self.timeout), self._slots:
                 self.requests += 1
-                async with self._http.get(self.url, headers=headers.as_dict(), allow_redirects=False) as resp:
-                    status = resp.status
-                    body = await resp.content.read(MAX_ANSWER_BYTES + 1) if status == 200 else b""
+                status, body = await self._http.get(headers.as_dict(), MAX_ANSWER_BYTES)
         except TimeoutError:
             reason = f"no answer within {self.timeout:g} s"
-        except aiohttp.ClientError as exc:
-            reason = f"request failed ({type(exc).__name__})"  # never str(exc): it may quote headers
+        except SessionRequestError as exc:
+            reason = f"request failed ({exc})"  # its messages never quote a header's value
         else:
             refusal = _REFUSALS.get(status)
             if refusal is not None:
