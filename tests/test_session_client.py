@@ -5,13 +5,16 @@ idle, chunked and unframed answers, answers cut short, too large or not HTTP, an
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import TypeAlias
 
 import pytest
 
 from server.identity.session_client import SessionClient, SessionRequestError
+from tests.test_redis_tls import self_signed
 
 OK = b'{"userId":"u1"}'
 Reader: TypeAlias = asyncio.StreamReader
@@ -41,7 +44,7 @@ Handler = Callable[[Service, Reader, Writer], Awaitable[None]]
 
 
 @asynccontextmanager
-async def raw_service(handler: Handler) -> AsyncIterator[Service]:
+async def raw_service(handler: Handler, tls: ssl.SSLContext | None = None) -> AsyncIterator[Service]:
     service = Service()
 
     async def on_connection(reader: Reader, writer: Writer) -> None:
@@ -53,9 +56,9 @@ async def raw_service(handler: Handler) -> AsyncIterator[Service]:
         finally:
             writer.close()
 
-    server = await asyncio.start_server(on_connection, "127.0.0.1", 0)
+    server = await asyncio.start_server(on_connection, "127.0.0.1", 0, ssl=tls)
     port = server.sockets[0].getsockname()[1]
-    service.url = f"http://127.0.0.1:{port}/api/auth/realtime?v=1"
+    service.url = f"{'https' if tls else 'http'}://127.0.0.1:{port}/api/auth/realtime?v=1"
     try:
         yield service
     finally:
@@ -217,3 +220,23 @@ async def test_a_header_with_a_line_break_is_never_sent_and_nothing_listening_fa
         await SessionClient(url, max_idle=4).get({}, 1024)
     with pytest.raises(ValueError, match="http:// or https://"):
         SessionClient("ftp://shop.example/session", max_idle=4)
+
+
+async def test_an_https_service_is_asked_over_tls_and_an_untrusted_certificate_refused(
+    tmp_path: Path,
+) -> None:
+    cert, key = self_signed(tmp_path)
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(cert, key)
+    async with raw_service(keep_alive, tls) as service:
+        untrusted = SessionClient(service.url, max_idle=4)
+        with pytest.raises(SessionRequestError, match="could not connect"):
+            await untrusted.get({}, 1024)
+        client = SessionClient(service.url, max_idle=4)
+        assert client.tls is not None
+        client.tls.load_verify_locations(cert)  # as a deployment's own CA would be
+        assert await client.get({"Cookie": "session=abc"}, 1024) == (200, OK)
+        assert await client.get({"Cookie": "session=abc"}, 1024) == (200, OK)
+        client.close()
+    # The refused handshake never reached the service; the trusted client's two lookups, one connection.
+    assert service.connections == 1 and len(service.requests) == 2
