@@ -168,6 +168,13 @@ def _check_http_url(url: str | None) -> None:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValidationError("must be an http:// or https:// URL with a host")
+    try:
+        parts.port  # noqa: B018 - urlsplit checks the port only when asked
+    except ValueError:
+        raise ValidationError("has a port that is not a number from 0 to 65535") from None
+    if parts.username is not None or parts.password is not None:
+        # The client's own Authorization header is what is forwarded: no second credential.
+        raise ValidationError("must not carry a user name or password")
 
 
 class _AuthSchema(_Section):

@@ -258,6 +258,10 @@ def test_settings_accept_a_session_url_without_a_jwt_key_but_not_nothing_at_all(
         make_settings({"JWT_SECRET": ""})
     with pytest.raises(ConfigError, match="AUTH_SESSION_URL: must be an http"):
         make_settings({"AUTH_SESSION_URL": "ftp://shop.example/session"})
+    with pytest.raises(ConfigError, match="AUTH_SESSION_URL: must not carry a user name or password"):
+        make_settings({"AUTH_SESSION_URL": "https://svc:secret@shop.example/api/session"})
+    with pytest.raises(ConfigError, match="AUTH_SESSION_URL: has a port that is not a number"):
+        make_settings({"AUTH_SESSION_URL": "https://shop.example:99999/api/session"})
     with pytest.raises(ConfigError, match=r"auth\.session_timeout_seconds"):
         make_settings(auth={"session_timeout_seconds": 0})
 
