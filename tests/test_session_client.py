@@ -218,8 +218,6 @@ async def test_a_header_with_a_line_break_is_never_sent_and_nothing_listening_fa
         url = service.url
     with pytest.raises(SessionRequestError, match="could not connect"):
         await SessionClient(url, max_idle=4).get({}, 1024)
-    with pytest.raises(ValueError, match="http:// or https://"):
-        SessionClient("ftp://shop.example/session", max_idle=4)
 
 
 async def test_an_https_service_is_asked_over_tls_and_an_untrusted_certificate_refused(

@@ -122,9 +122,8 @@ class SessionClient:
     """``GET url`` with given headers; kept-alive connections, at most ``max_idle`` kept idle."""
 
     def __init__(self, url: str, max_idle: int) -> None:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("the session URL must be http:// or https:// with a host")
+        parts = urlsplit(url)  # checked at start (``config._check_http_url``): http(s), a host
+        assert parts.hostname is not None
         self.host = parts.hostname
         self.port = parts.port or (443 if parts.scheme == "https" else 80)
         self.tls = ssl.create_default_context() if parts.scheme == "https" else None

@@ -126,8 +126,8 @@ class LeanSocket(AsyncSocket):  # type: ignore[misc]
         """
         if self.closed or self.closing:
             return True
-        ws = self.ws  # ``direct()``, inlined: this runs once per client per delivery
-        if ws is None or not self.upgraded or self.backlog_packets or not self._queue_empty():
+        ws = self.direct()
+        if ws is None:
             return self._enqueue([event.sio_payload for event in events], limit)
         return ws.write(
             joined(events, SIO_FRAME_DEFLATED if ws.deflate else SIO_FRAME), bounded=limit is not None

@@ -167,14 +167,10 @@ class RealtimeServer(socketio.AsyncServer):  # type: ignore[misc]
             return True
         return self._check_overflow(socket, socket.send_message(payload, self.send_buffer_bytes))
 
-    def write_events(self, eio_sid: str, events: Sequence[Event], bounded: bool = True) -> bool:
+    def write_events(self, socket: eio.LeanSocket, events: Sequence[Event], bounded: bool = True) -> bool:
         """Send the events, in one write when on WebSocket; False as for ``write`` (``bounded``:
-        a replay is not, see ``Connection.send_replay``)."""
-        socket = self.socket(eio_sid)
-        return True if socket is None else self.send_to(socket, events, bounded)
-
-    def send_to(self, socket: eio.LeanSocket, events: Sequence[Event], bounded: bool = True) -> bool:
-        """``write_events`` to a socket already in hand (a connection keeps its own)."""
+        a replay is not, see ``Connection.send_replay``). To the socket a connection keeps since
+        its connect: no lookup by sid for each delivery."""
         limit = self.send_buffer_bytes if bounded else None
         return self._check_overflow(socket, socket.send_events(events, limit))
 
@@ -281,16 +277,15 @@ class SocketIOConnection(Connection):
         self.close_code: int | None = None  # the code we closed it with, if we did
 
     def send_events(self, events: Sequence[Event]) -> None:
-        # To the Engine.IO socket kept since the connect, not looked up by sid for each delivery
-        # (a socket that has ended takes nothing: ``LeanSocket.send_events``).
+        # A socket that has ended takes nothing (``LeanSocket.send_events``).
         socket = self.eio_socket
-        if socket is not None and not self.server.send_to(socket, events):
+        if socket is not None and not self.server.write_events(socket, events):
             self.closed = True  # closed for not reading (logged where that was found)
             self.node.metrics.slow_consumer(self.transport)
 
     def send_replay(self, events: Sequence[Event]) -> None:
         if self.eio_socket is not None:
-            self.server.send_to(self.eio_socket, events, bounded=False)
+            self.server.write_events(self.eio_socket, events, bounded=False)
 
     def confirm_position(self) -> None:
         if self.eio_socket is not None:
