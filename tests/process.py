@@ -58,9 +58,15 @@ class Exited:
 
 
 class ServerProcess:
-    def __init__(self, env: Mapping[str, str | None] | None = None, args: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        env: Mapping[str, str | None] | None = None,
+        args: Sequence[str] = (),
+        program: Sequence[str] = ("-m", "server"),
+    ) -> None:
         self.env = server_env(env)
-        self.args = list(args)  # after ``python -m server``, e.g. ["serve"]
+        self.program = list(program)  # what the interpreter runs: the server, or a bench wrapper of it
+        self.args = list(args)  # after it, e.g. ["serve"]
         self.host = self.env.get("HOST", "0.0.0.0")
         self.port = int(self.env["PORT"]) if self.env.get("PORT", "").isdigit() else 3000
         # Closed by ``close``: they outlive the process, so that its output can be read after it.
@@ -77,7 +83,7 @@ class ServerProcess:
     def start(self) -> ServerProcess:
         self.started = time.monotonic()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "server", *self.args],
+            [sys.executable, *self.program, *self.args],
             cwd=REPO,
             env=self.env,
             stdin=subprocess.DEVNULL,
@@ -147,10 +153,12 @@ class ServerProcess:
 
 @contextmanager
 def running_server(
-    env: Mapping[str, str | None] | None = None, timeout: float = 20.0
+    env: Mapping[str, str | None] | None = None,
+    timeout: float = 20.0,
+    program: Sequence[str] = ("-m", "server"),
 ) -> Iterator[ServerProcess]:
     """A server that answers ``/healthz``; killed on the way out whatever happened."""
-    server = ServerProcess(env)
+    server = ServerProcess(env, program=program)
     try:
         server.start().wait_healthy(timeout)
         yield server

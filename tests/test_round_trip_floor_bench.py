@@ -4,69 +4,42 @@ gives is only meaningful if every publish really waits for Redis and still deliv
 
 from __future__ import annotations
 
-import asyncio
-import os
-import sys
-from pathlib import Path
-
 import aiohttp
-import pytest
 import redis.asyncio as aioredis
 
 from tests.clients import ADMIN_KEY
 from tests.conftest import ExternalRedis
-from tests.redis_server import RedisServer, free_port
-
-REPO = Path(__file__).resolve().parent.parent
+from tests.process import running_server
+from tests.redis_server import RedisServer
 
 
 async def test_each_publish_waits_for_one_redis_round_trip_and_is_delivered(
     redis_server: RedisServer | ExternalRedis,
 ) -> None:
-    port = free_port()
-    env = {
-        **os.environ,
-        "PORT": str(port),
-        "HOST": "127.0.0.1",
-        "AUTH_INSECURE": "1",
-        "ADMIN_API_KEYS": ADMIN_KEY,
-        "CONFIG_FILE": os.devnull,
-        "FLOOR_REDIS_URL": redis_server.url,
-    }
-    env.pop("REDIS_URL", None)  # the server itself stays in memory
-    server = await asyncio.create_subprocess_exec(
-        sys.executable, "bench/round_trip_floor.py", cwd=REPO, env=env
-    )
+    # The server itself stays in memory: no REDIS_URL (server_env passes nothing else in).
+    env = {"AUTH_INSECURE": "1", "FLOOR_REDIS_URL": redis_server.url}
     pings = aioredis.from_url(redis_server.url)
     try:
-        async with aiohttp.ClientSession() as session:
-            base = f"http://127.0.0.1:{port}"
-            for _ in range(100):
-                try:
-                    async with session.get(f"{base}/healthz") as answer:
-                        if answer.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.1)
-            else:
-                pytest.fail("the server did not start")
+        with running_server(env, program=["bench/round_trip_floor.py"]) as server:
             before = await _pings(pings)
-            async with session.ws_connect(f"{base}/api/ws?userId=u1&role=customer") as ws:
+            async with (
+                aiohttp.ClientSession() as session,
+                session.ws_connect(f"{server.base}/api/ws?userId=u1&role=customer") as ws,
+            ):
                 assert (await ws.receive_json(timeout=3))["type"] == "connected"
                 headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
                 for n in range(3):
                     order = {"userId": "u1", "status": "ready"}
                     event = {"type": "order_updated", "data": {"orderId": f"o{n}", "order": order}}
-                    async with session.post(f"{base}/api/v1/events", json=event, headers=headers) as answer:
+                    async with session.post(
+                        f"{server.base}/api/v1/events", json=event, headers=headers
+                    ) as answer:
                         assert answer.status == 202, await answer.text()
                     frame = await ws.receive_json(timeout=3)
                     assert frame["type"] == "order_updated" and frame["data"]["orderId"] == f"o{n}"
             assert await _pings(pings) - before == 3
     finally:
         await pings.aclose()
-        server.terminate()
-        await asyncio.wait_for(server.wait(), 10)
 
 
 async def _pings(client: aioredis.Redis) -> int:
