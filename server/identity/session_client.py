@@ -27,6 +27,8 @@ class _Connection(asyncio.Protocol):
     """One connection; one request at a time. ``answer`` is set while a request waits."""
 
     def __init__(self) -> None:
+        # Kept, not looked up per request: on Python 3.11 each get_running_loop() is a getpid call.
+        self.loop = asyncio.get_running_loop()
         self.parser = httptools.HttpResponseParser(self)
         self.transport: asyncio.Transport | None = None
         self.answer: asyncio.Future[tuple[int, bytes]] | None = None
@@ -90,7 +92,7 @@ class _Connection(asyncio.Protocol):
 
     def send(self, request: bytes, limit: int) -> asyncio.Future[tuple[int, bytes]]:
         assert self.transport is not None
-        answer: asyncio.Future[tuple[int, bytes]] = asyncio.get_running_loop().create_future()
+        answer: asyncio.Future[tuple[int, bytes]] = self.loop.create_future()
         self.answer, self.limit, self.status = answer, limit, 0
         self.body.clear()
         self.received = self.headers_done = self.framed = self.reusable = False
@@ -122,16 +124,15 @@ class SessionClient:
     """``GET url`` with given headers; kept-alive connections, at most ``max_idle`` kept idle."""
 
     def __init__(self, url: str, max_idle: int) -> None:
-        parts = urlsplit(url)  # checked at start (``config._check_http_url``): http(s), a host
+        parts = urlsplit(url)  # checked at start (``config._check_http_url``): http(s), a host, no user
         assert parts.hostname is not None
         self.host = parts.hostname
         self.port = parts.port or (443 if parts.scheme == "https" else 80)
         self.tls = ssl.create_default_context() if parts.scheme == "https" else None
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        host_header = parts.netloc.rpartition("@")[2]
         # Accept-Encoding: identity: an answer is read as it comes, never decompressed.
         self._head = (
-            f"GET {target} HTTP/1.1\r\nHost: {host_header}\r\nAccept: application/json\r\n"
+            f"GET {target} HTTP/1.1\r\nHost: {parts.netloc}\r\nAccept: application/json\r\n"
             "Accept-Encoding: identity\r\nUser-Agent: realtime-server\r\n"
         ).encode()
         self.max_idle = max_idle
