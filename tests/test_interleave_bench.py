@@ -1,0 +1,86 @@
+"""bench/interleave.py, the drift-proof A/B of single-POST CPU behind the README's Redis ratio:
+a short run against real servers and a real Redis, and its check that watchers got every event."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from tests.conftest import ExternalRedis
+from tests.redis_server import RedisServer
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _tool() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("interleave", REPO / "bench" / "interleave.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["interleave"] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_short_run_measures_every_server_in_turns_and_every_watcher_gets_every_event(
+    tmp_path: Path, redis_server: RedisServer | ExternalRedis
+) -> None:
+    if isinstance(redis_server, ExternalRedis):
+        pytest.skip("empties databases of the Redis it is given: only a private one")
+    cpus = sorted(os.sched_getaffinity(0))
+    done = subprocess.run(
+        [
+            sys.executable,
+            "bench/interleave.py",
+            "mem=memory",
+            "redis=redis",
+            "floor=floor",
+            *("--seconds", "3", "--window", "0.1", "--watchers", "2"),
+            *("--redis-url", redis_server.url, "--python", sys.executable),
+            *("--server-cpu", str(cpus[0]), "--driver-cpu", str(cpus[-1]), "--logs", str(tmp_path)),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rows = {
+        match["label"]: match
+        for match in re.finditer(
+            r"(?P<label>\w+) \((?P<kind>\w+)\): +(?P<posts>\d+) POSTs, +(?P<us>[\d.]+) µs/POST.*"
+            r"each watcher got (?P<low>\d+)-(?P<high>\d+) of them, (?P<twice>\d+) twice",
+            done.stdout,
+        )
+    }
+    assert rows.keys() == {"mem", "redis", "floor"}, done.stdout
+    for row in rows.values():
+        assert int(row["posts"]) > 0 and float(row["us"]) > 0
+        assert row["low"] == row["high"] == row["posts"] and row["twice"] == "0"
+    assert " x" in rows["redis"].group(0) and " x" in rows["floor"].group(0)  # ratios to the first
+
+
+def test_a_watcher_that_missed_or_doubled_an_event_fails_the_run(capsys: pytest.CaptureFixture[str]) -> None:
+    tool = _tool()
+    args = type(
+        "Args", (), {"window": 0.25, "concurrency": 4, "watchers": 2, "server_cpu": "0", "driver_cpu": "1"}
+    )
+
+    def server(seen: list[set[int]], duplicated: int = 0) -> object:
+        result = tool.Server("mem", "memory", REPO, 1, posts=3, windows=[(3000, 3)])
+        for events in seen:
+            watcher = tool.Watcher()
+            watcher.seen, watcher.duplicated = events, duplicated
+            result.watchers.append(watcher)
+        return result
+
+    assert tool.report([server([{1, 2, 3}, {1, 2, 3}])], args)
+    assert not tool.report([server([{1, 2, 3}, {1, 3}])], args)
+    assert not tool.report([server([{1, 2, 3}, {1, 2, 3}], duplicated=1)], args)
+    assert "each watcher got 2-3 of them" in capsys.readouterr().out
