@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import json
 import os
 import socket
 import statistics
@@ -278,8 +279,9 @@ async def measure(servers: list[Server], args: argparse.Namespace) -> None:
         task.cancel()
 
 
-def report(servers: list[Server], args: argparse.Namespace) -> bool:
-    """Print each server's figures; False if any watcher missed an event or got one twice."""
+def report(servers: list[Server], args: argparse.Namespace) -> dict[str, dict[str, object]]:
+    """Print each server's figures and return them; ``complete`` is False for a server whose
+    watchers missed an event or got one twice."""
     base = servers[0]
     base_cost = sum(ns for ns, _ in base.windows) / max(base.posts, 1)
     print(
@@ -287,22 +289,29 @@ def report(servers: list[Server], args: argparse.Namespace) -> bool:
         f"{args.concurrency} POSTs in flight, {args.watchers} watchers per server; "
         f"server CPU {args.server_cpu}, this driver CPU {args.driver_cpu}"
     )
-    ok = True
+    figures: dict[str, dict[str, object]] = {}
     for server in servers:
         cost = sum(ns for ns, _ in server.windows) / max(server.posts, 1)
         line = f"{server.label:>10} ({server.kind}): {server.posts:>7} POSTs, {cost / 1000:6.1f} µs/POST"
+        ratio = median = None
         if server is not base:
             pairs = zip(server.windows, base.windows, strict=True)
-            ratios = [(c / n) / (bc / bn) for (c, n), (bc, bn) in pairs if n and bn]
-            line += (
-                f", x{cost / base_cost:.3f} {base.label} (median of rounds x{statistics.median(ratios):.3f})"
-            )
+            ratio = cost / base_cost
+            median = statistics.median([(c / n) / (bc / bn) for (c, n), (bc, bn) in pairs if n and bn])
+            line += f", x{ratio:.3f} {base.label} (median of rounds x{median:.3f})"
         got = [len(w.seen) for w in server.watchers]
         duplicated = sum(w.duplicated for w in server.watchers)
         line += f"; each watcher got {min(got)}-{max(got)} of them, {duplicated} twice"
-        ok = ok and min(got) == max(got) == server.posts and duplicated == 0
         print(line)
-    return ok
+        figures[server.label] = {
+            "kind": server.kind,
+            "posts": server.posts,
+            "us_per_post": round(cost / 1000, 2),
+            "ratio": None if ratio is None else round(ratio, 3),
+            "median_ratio": None if median is None else round(median, 3),
+            "complete": min(got) == max(got) == server.posts and duplicated == 0,
+        }
+    return figures
 
 
 def main() -> int:
@@ -330,6 +339,7 @@ def main() -> int:
     parser.add_argument(
         "--logs", default=str(ROOT / "bench" / "results"), help="where the servers' stderr goes"
     )
+    parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
     servers: list[Server] = []
     redis_db = int(args.redis_url.rsplit("/", 1)[1]) if args.redis_url.rsplit("/", 1)[1].isdigit() else 15
@@ -356,7 +366,10 @@ def main() -> int:
             start(server, args)
         os.sched_setaffinity(0, {int(args.driver_cpu)})
         uvloop.run(measure(servers, args))
-        return 0 if report(servers, args) else 1
+        figures = report(servers, args)
+        if args.json:
+            Path(args.json).write_text(json.dumps(figures, indent=1))
+        return 0 if all(server["complete"] for server in figures.values()) else 1
     finally:
         if placed is not None:
             placed()

@@ -4,8 +4,8 @@ a short run against real servers and a real Redis, and its check that watchers g
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -44,6 +44,7 @@ def test_a_short_run_measures_every_server_in_turns_and_every_watcher_gets_every
             *("--seconds", "3", "--window", "0.1", "--watchers", "2"),
             *("--redis-url", redis_server.url, "--python", sys.executable),
             *("--server-cpu", str(cpus[0]), "--driver-cpu", str(cpus[-1]), "--logs", str(tmp_path)),
+            *("--json", str(tmp_path / "figures.json")),
         ],
         cwd=REPO,
         capture_output=True,
@@ -51,19 +52,14 @@ def test_a_short_run_measures_every_server_in_turns_and_every_watcher_gets_every
         timeout=120,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    rows = {
-        match["label"]: match
-        for match in re.finditer(
-            r"(?P<label>\w+) \((?P<kind>\w+)\): +(?P<posts>\d+) POSTs, +(?P<us>[\d.]+) µs/POST.*"
-            r"each watcher got (?P<low>\d+)-(?P<high>\d+) of them, (?P<twice>\d+) twice",
-            done.stdout,
-        )
-    }
-    assert rows.keys() == {"mem", "redis", "floor"}, done.stdout
-    for row in rows.values():
-        assert int(row["posts"]) > 0 and float(row["us"]) > 0
-        assert row["low"] == row["high"] == row["posts"] and row["twice"] == "0"
-    assert " x" in rows["redis"].group(0) and " x" in rows["floor"].group(0)  # ratios to the first
+    figures = json.loads((tmp_path / "figures.json").read_text())
+    assert figures.keys() == {"mem", "redis", "floor"}
+    for label, server in figures.items():
+        assert server["posts"] > 0 and server["us_per_post"] > 0 and server["complete"], figures
+        assert f"{label} ({server['kind']}): {server['posts']:>7} POSTs" in done.stdout
+        assert f"each watcher got {server['posts']}-{server['posts']} of them, 0 twice" in done.stdout
+    assert figures["mem"]["ratio"] is None  # the others are compared with the first
+    assert figures["redis"]["ratio"] > 0 and figures["floor"]["median_ratio"] > 0
 
 
 def test_a_watcher_that_missed_or_doubled_an_event_fails_the_run(capsys: pytest.CaptureFixture[str]) -> None:
@@ -80,7 +76,7 @@ def test_a_watcher_that_missed_or_doubled_an_event_fails_the_run(capsys: pytest.
             result.watchers.append(watcher)
         return result
 
-    assert tool.report([server([{1, 2, 3}, {1, 2, 3}])], args)
-    assert not tool.report([server([{1, 2, 3}, {1, 3}])], args)
-    assert not tool.report([server([{1, 2, 3}, {1, 2, 3}], duplicated=1)], args)
+    assert tool.report([server([{1, 2, 3}, {1, 2, 3}])], args)["mem"]["complete"]
+    assert not tool.report([server([{1, 2, 3}, {1, 3}])], args)["mem"]["complete"]
+    assert not tool.report([server([{1, 2, 3}, {1, 2, 3}], duplicated=1)], args)["mem"]["complete"]
     assert "each watcher got 2-3 of them" in capsys.readouterr().out
