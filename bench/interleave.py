@@ -16,11 +16,13 @@ start and end of each window. Printed: each server's µs per POST, its ratio to 
 got: every event, once, or the run fails.
 
 Servers, ``LABEL=KIND[@CHECKOUT]``: ``memory``, ``redis`` (a database of its own on
-``--redis-url``'s Redis, emptied first) or ``floor`` (``bench/round_trip_floor.py``: memory plus
-one Redis round trip per POST); ``CHECKOUT`` another working tree of this repository (its
-``.venv``, or ``--python``), to compare code:
+``--redis-url``'s Redis, emptied first), ``floor`` (``bench/round_trip_floor.py``: memory plus
+one Redis round trip per POST) or ``node-ws`` (``bench/ref-ws.js``, the Node reference of
+``bench/run``; run ``npm ci`` in ``bench`` first); ``CHECKOUT`` another working tree of this
+repository (its ``.venv``, or ``--python``), to compare code:
 
     .venv/bin/python bench/interleave.py mem=memory redis=redis floor=floor
+    .venv/bin/python bench/interleave.py node=node-ws ours=memory
     .venv/bin/python bench/interleave.py main=redis@/tmp/main change=redis --seconds 60
 """
 
@@ -46,7 +48,7 @@ import uvloop
 
 ROOT = Path(__file__).resolve().parent.parent
 API_KEY = "benchkey"
-KINDS = ("memory", "redis", "floor")
+KINDS = ("memory", "redis", "floor", "node-ws")
 
 
 @dataclass
@@ -140,17 +142,20 @@ def start(server: Server, args: argparse.Namespace) -> None:
         LOG_LEVEL="warning",
         CONFIG_FILE=str(ROOT / "bench" / "server.yaml"),
     )
-    program = ["-m", "server"]
+    python = args.python or str(server.checkout / ".venv" / "bin" / "python")
+    command = [python, "-m", "server"]
     if server.kind == "redis":
         assert server.redis_url is not None
         env["REDIS_URL"] = server.redis_url
         flush(server.redis_url)
     elif server.kind == "floor":
         env["FLOOR_REDIS_URL"] = args.redis_url
-        program = [str(server.checkout / "bench" / "round_trip_floor.py")]
-    python = args.python or str(server.checkout / ".venv" / "bin" / "python")
+        command = [python, str(server.checkout / "bench" / "round_trip_floor.py")]
+    elif server.kind == "node-ws":  # bench/run's reference, with the accept queue it gives it
+        env["BACKLOG"] = "4096"
+        command = ["node", str(server.checkout / "bench" / "ref-ws.js")]
     server.process = subprocess.Popen(
-        ["taskset", "-c", args.server_cpu, python, *program],
+        ["taskset", "-c", args.server_cpu, *command],
         cwd=server.checkout,
         env=env,
         stdin=subprocess.DEVNULL,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -60,6 +61,30 @@ def test_a_short_run_measures_every_server_in_turns_and_every_watcher_gets_every
         assert f"each watcher got {server['posts']}-{server['posts']} of them, 0 twice" in done.stdout
     assert figures["mem"]["ratio"] is None  # the others are compared with the first
     assert figures["redis"]["ratio"] > 0 and figures["floor"]["median_ratio"] > 0
+
+
+def test_the_node_reference_is_measured_in_turns_with_ours(tmp_path: Path) -> None:
+    if not (REPO / "bench" / "node_modules" / "ws").is_dir() or shutil.which("node") is None:
+        pytest.skip("needs node and bench/node_modules (npm ci in bench)")
+    cpus = sorted(os.sched_getaffinity(0))
+    done = subprocess.run(
+        [
+            sys.executable,
+            "bench/interleave.py",
+            *("node=node-ws", "ours=memory", "--seconds", "2", "--window", "0.1", "--watchers", "2"),
+            *("--python", sys.executable, "--server-cpu", str(cpus[0]), "--driver-cpu", str(cpus[-1])),
+            *("--logs", str(tmp_path), "--json", str(tmp_path / "figures.json")),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    figures = json.loads((tmp_path / "figures.json").read_text())
+    assert figures["node"]["kind"] == "node-ws" and figures["node"]["posts"] > 0
+    assert figures["node"]["complete"] and figures["ours"]["complete"], figures
+    assert figures["ours"]["ratio"] > 0
 
 
 def test_a_watcher_that_missed_or_doubled_an_event_fails_the_run(capsys: pytest.CaptureFixture[str]) -> None:
