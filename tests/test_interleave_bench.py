@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -29,23 +30,17 @@ def _tool() -> ModuleType:
     return module
 
 
-def test_a_short_run_measures_every_server_in_turns_and_every_watcher_gets_every_event(
-    tmp_path: Path, redis_server: RedisServer | ExternalRedis
-) -> None:
-    if isinstance(redis_server, ExternalRedis):
-        pytest.skip("empties databases of the Redis it is given: only a private one")
+def _interleave(tmp_path: Path, *args: str) -> tuple[dict[str, dict[str, Any]], str]:
+    """A short run of the tool with these servers and options: its figures (``--json``) and output."""
     cpus = sorted(os.sched_getaffinity(0))
     done = subprocess.run(
         [
             sys.executable,
             "bench/interleave.py",
-            "mem=memory",
-            "redis=redis",
-            "floor=floor",
-            *("--seconds", "3", "--window", "0.1", "--watchers", "2"),
-            *("--redis-url", redis_server.url, "--python", sys.executable),
-            *("--server-cpu", str(cpus[0]), "--driver-cpu", str(cpus[-1]), "--logs", str(tmp_path)),
-            *("--json", str(tmp_path / "figures.json")),
+            *args,
+            *("--seconds", "3", "--window", "0.1", "--watchers", "2", "--python", sys.executable),
+            *("--server-cpu", str(cpus[0]), "--driver-cpu", str(cpus[-1])),
+            *("--logs", str(tmp_path), "--json", str(tmp_path / "figures.json")),
         ],
         cwd=REPO,
         capture_output=True,
@@ -53,12 +48,22 @@ def test_a_short_run_measures_every_server_in_turns_and_every_watcher_gets_every
         timeout=120,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    figures = json.loads((tmp_path / "figures.json").read_text())
+    return json.loads((tmp_path / "figures.json").read_text()), done.stdout
+
+
+def test_a_short_run_measures_every_server_in_turns_and_every_watcher_gets_every_event(
+    tmp_path: Path, redis_server: RedisServer | ExternalRedis
+) -> None:
+    if isinstance(redis_server, ExternalRedis):
+        pytest.skip("empties databases of the Redis it is given: only a private one")
+    figures, output = _interleave(
+        tmp_path, "mem=memory", "redis=redis", "floor=floor", "--redis-url", redis_server.url
+    )
     assert figures.keys() == {"mem", "redis", "floor"}
     for label, server in figures.items():
         assert server["posts"] > 0 and server["us_per_post"] > 0 and server["complete"], figures
-        assert f"{label} ({server['kind']}): {server['posts']:>7} POSTs" in done.stdout
-        assert f"each watcher got {server['posts']}-{server['posts']} of them, 0 twice" in done.stdout
+        assert f"{label} ({server['kind']}): {server['posts']:>7} POSTs" in output
+        assert f"each watcher got {server['posts']}-{server['posts']} of them, 0 twice" in output
     assert figures["mem"]["ratio"] is None  # the others are compared with the first
     assert figures["redis"]["ratio"] > 0 and figures["floor"]["median_ratio"] > 0
 
@@ -68,22 +73,7 @@ def test_the_node_reference_is_measured_in_turns_with_ours(tmp_path: Path) -> No
         if os.environ.get("REQUIRE_BENCH_NODE") == "1":  # CI: never skipped there
             pytest.fail("node and bench/node_modules are required (REQUIRE_BENCH_NODE=1)")
         pytest.skip("needs node and bench/node_modules (npm ci in bench)")
-    cpus = sorted(os.sched_getaffinity(0))
-    done = subprocess.run(
-        [
-            sys.executable,
-            "bench/interleave.py",
-            *("node=node-ws", "ours=memory", "--seconds", "2", "--window", "0.1", "--watchers", "2"),
-            *("--python", sys.executable, "--server-cpu", str(cpus[0]), "--driver-cpu", str(cpus[-1])),
-            *("--logs", str(tmp_path), "--json", str(tmp_path / "figures.json")),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    figures = json.loads((tmp_path / "figures.json").read_text())
+    figures, _ = _interleave(tmp_path, "node=node-ws", "ours=memory")
     assert figures["node"]["kind"] == "node-ws" and figures["node"]["posts"] > 0
     assert figures["node"]["complete"] and figures["ours"]["complete"], figures
     assert figures["ours"]["ratio"] > 0
