@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import json
 import os
 import socket
@@ -42,9 +41,13 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 import uvloop
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from wsclient import RawWebSocket, connect_ws  # the load scripts' WebSocket client
 
 ROOT = Path(__file__).resolve().parent.parent
 API_KEY = "benchkey"
@@ -79,53 +82,27 @@ class Server:
 
 
 class Watcher:
-    """A plain-WebSocket client that checks it gets every ``product_updated``, once. (Not in
-    order: concurrent POSTs on different connections may be read in either order.)"""
+    """A plain-WebSocket client (``bench/wsclient.py``) that checks it gets every
+    ``product_updated``, once. (Not in order: concurrent POSTs on different connections may be
+    read in either order.)"""
 
     def __init__(self) -> None:
         self.seen: set[int] = set()
         self.duplicated = 0
+        self.socket: RawWebSocket | None = None
 
-    async def run(self, port: int, ready: asyncio.Event, stop: asyncio.Event) -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        key = base64.b64encode(os.urandom(16)).decode()
-        user = f"w{os.urandom(4).hex()}"
-        writer.write(
-            f"GET /api/ws?userId={user}&role=customer&stores=ingest HTTP/1.1\r\nHost: bench\r\n"
-            f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-            "Sec-WebSocket-Version: 13\r\n\r\n".encode()
-        )
-        head = await reader.readuntil(b"\r\n\r\n")
-        if not head.startswith(b"HTTP/1.1 101"):
-            raise RuntimeError(f"upgrade refused: {head[:80]!r}")
-        buffer = b""
-        try:
-            while not stop.is_set():
-                chunk = await reader.read(1 << 16)
-                if not chunk:
-                    return
-                buffer += chunk
-                while len(buffer) >= 2:  # the server's frames: unmasked, not fragmented
-                    size, start = buffer[1] & 0x7F, 2
-                    if size == 126:
-                        size, start = int.from_bytes(buffer[2:4], "big"), 4
-                    elif size == 127:
-                        size, start = int.from_bytes(buffer[2:10], "big"), 10
-                    if len(buffer) < start + size:
-                        break
-                    opcode, payload = buffer[0] & 0x0F, buffer[start : start + size]
-                    buffer = buffer[start + size :]
-                    if opcode == 0x1:
-                        self._frame(payload, ready)
-                    elif opcode == 0x9 and size < 126:  # a heartbeat: answered, masked (key 0)
-                        writer.write(bytes((0x8A, 0x80 | size)) + b"\0\0\0\0" + payload)
-        finally:
-            writer.close()
+    async def open(self, port: int) -> None:
+        path = f"/api/ws?userId=w{os.urandom(4).hex()}&role=customer&stores=ingest"
+        self.socket = await connect_ws("127.0.0.1", port, path)
+        connected = asyncio.get_running_loop().create_future()
+        self.socket.on_text = lambda text: self._frame(text, connected)
+        self.socket.start()
+        await asyncio.wait_for(connected, 10)
 
-    def _frame(self, payload: bytes, ready: asyncio.Event) -> None:
-        frame = orjson.loads(payload)
-        if frame["type"] == "connected":
-            ready.set()
+    def _frame(self, text: str, connected: asyncio.Future[None]) -> None:
+        frame = orjson.loads(text)
+        if frame["type"] == "connected" and not connected.done():
+            connected.set_result(None)
         elif frame["type"] == "product_updated":
             seq = frame["data"]["seq"]
             self.duplicated += seq in self.seen
@@ -192,13 +169,21 @@ def place_redis(url: str, cpu: str) -> Callable[[], None]:
 
 
 def redis_cli(url: str) -> list[str]:
-    """``redis-cli`` for the Redis and database of ``url`` (``redis://[:PASSWORD@]HOST:PORT/DB``)."""
-    rest = url.split("://", 1)[1]
-    address, _, db = rest.partition("/")
-    password, _, address = address.rpartition("@")
-    host, _, port = address.rpartition(":")
-    command = ["redis-cli", "-h", host or "127.0.0.1", "-p", port or "6379", "-n", db or "0"]
-    return [*command, "-a", password.lstrip(":"), "--no-auth-warning"] if password else command
+    """``redis-cli`` for the Redis and database of ``url``."""
+    parts = urlsplit(url)
+    command = ["redis-cli", "-h", parts.hostname or "127.0.0.1", "-p", str(parts.port or 6379)]
+    command += ["-n", parts.path.strip("/") or "0"]
+    return [*command, "-a", parts.password, "--no-auth-warning"] if parts.password else command
+
+
+def database(url: str, index: int) -> str:
+    """``url`` with the ``index``-th database below its own (default 15): each Redis-backed
+    server reads its own stream."""
+    parts = urlsplit(url)
+    number = int(parts.path.strip("/") or 15) - index
+    if number < 0:
+        raise ValueError(f"no database {number} for redis server {index + 1} of {url}")
+    return urlunsplit(parts._replace(path=f"/{number}"))
 
 
 def free_port() -> int:
@@ -249,17 +234,16 @@ async def poster(server: Server, turn: asyncio.Event) -> None:
 
 
 async def measure(servers: list[Server], args: argparse.Namespace) -> None:
-    stop = asyncio.Event()
-    tasks: list[asyncio.Task[None]] = []
     for server in servers:
-        for _ in range(args.watchers):
-            watcher, ready = Watcher(), asyncio.Event()
-            server.watchers.append(watcher)
-            tasks.append(asyncio.create_task(watcher.run(server.port, ready, stop)))
-            await asyncio.wait_for(ready.wait(), 10)
+        server.watchers = [Watcher() for _ in range(args.watchers)]
+        for watcher in server.watchers:
+            await watcher.open(server.port)
     turn = {server.label: asyncio.Event() for server in servers}
-    for server in servers:
-        tasks += [asyncio.create_task(poster(server, turn[server.label])) for _ in range(args.concurrency)]
+    tasks = [
+        asyncio.create_task(poster(server, turn[server.label]))
+        for server in servers
+        for _ in range(args.concurrency)
+    ]
     end = time.monotonic() + args.seconds
     while time.monotonic() < end:
         for server in servers:
@@ -274,14 +258,16 @@ async def measure(servers: list[Server], args: argparse.Namespace) -> None:
             server.windows.append((server.cpu_ns() - cpu, server.posts - posts))
             failed = [task for task in tasks if task.done() and task.exception()]
             if failed:
-                raise RuntimeError(f"a client failed: {failed[0].exception()!r}")
+                raise RuntimeError(f"a publisher failed: {failed[0].exception()!r}")
     deadline = time.monotonic() + 10
     # Polled: the last frames may still be on their way to any of the watchers.
     while any(len(w.seen) < s.posts for s in servers for w in s.watchers) and time.monotonic() < deadline:  # noqa: ASYNC110
         await asyncio.sleep(0.05)
-    stop.set()
     for task in tasks:
         task.cancel()
+    for watcher in (watcher for server in servers for watcher in server.watchers):
+        if watcher.socket is not None:
+            watcher.socket.drop()
 
 
 def report(servers: list[Server], args: argparse.Namespace) -> dict[str, dict[str, object]]:
@@ -331,7 +317,9 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=4, help="POSTs in flight (bench/run's ingest: 4)")
     parser.add_argument("--watchers", type=int, default=10, help="WebSocket clients per server")
     parser.add_argument(
-        "--redis-url", default="redis://127.0.0.1:6379/15", help="redis servers get db 15, 14, ..."
+        "--redis-url",
+        default="redis://127.0.0.1:6379/15",
+        help="redis servers get its db, then the ones below",
     )
     parser.add_argument(
         "--redis-cpu",
@@ -347,10 +335,6 @@ def main() -> int:
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
     servers: list[Server] = []
-    redis_db = int(args.redis_url.rsplit("/", 1)[1]) if args.redis_url.rsplit("/", 1)[1].isdigit() else 15
-    redis_base = (
-        args.redis_url.rsplit("/", 1)[0] if "/" in args.redis_url.split("://", 1)[1] else args.redis_url
-    )
     for index, spec in enumerate(args.servers):
         label, _, rest = spec.partition("=")
         kind, _, checkout = rest.partition("@")
@@ -358,11 +342,11 @@ def main() -> int:
             parser.error(f"{spec!r}: expected LABEL=KIND[@CHECKOUT], KIND one of {', '.join(KINDS)}")
         port = args.base_port + index if args.base_port else free_port()
         server = Server(label, kind, Path(checkout or ROOT).resolve(), port)
-        if kind == "redis":  # each its own database: 15, 14, ... (or up from a low one)
-            earlier = sum(s.kind == "redis" for s in servers)
-            server.redis_url = (
-                f"{redis_base}/{redis_db - earlier if redis_db >= earlier else redis_db + earlier}"
-            )
+        if kind == "redis":
+            try:
+                server.redis_url = database(args.redis_url, sum(s.kind == "redis" for s in servers))
+            except ValueError as exc:
+                parser.error(str(exc))
         servers.append(server)
     Path(args.logs).mkdir(parents=True, exist_ok=True)
     placed = place_redis(args.redis_url, args.redis_cpu) if args.redis_cpu else None

@@ -97,3 +97,25 @@ def test_a_watcher_that_missed_or_doubled_an_event_fails_the_run(capsys: pytest.
     assert not tool.report([server([{1, 2, 3}, {1, 3}])], args)["mem"]["complete"]
     assert not tool.report([server([{1, 2, 3}, {1, 2, 3}], duplicated=1)], args)["mem"]["complete"]
     assert "each watcher got 2-3 of them" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("servers", "error"),
+    [
+        (["mem=nothing"], "'mem=nothing': expected LABEL=KIND[@CHECKOUT], KIND one of memory, redis"),
+        (["=memory"], "'=memory': expected LABEL=KIND[@CHECKOUT]"),
+        (
+            ["a=redis", "b=redis", "--redis-url", "redis://127.0.0.1:6379/0"],
+            "no database -1 for redis server 2",
+        ),
+    ],
+)
+def test_a_bad_server_list_is_refused_before_anything_starts(servers: list[str], error: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "bench/interleave.py", *servers],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 2 and error in done.stderr, done.stderr
